@@ -1,0 +1,187 @@
+"""Batched prompting of SAM's mask decoder, with the additions P²SAM and PerSAM need.
+
+SAM's own ``MaskDecoder`` decodes a batch of prompt sets only if they all have the same number of
+tokens. Retrieval candidates differ in their number of points, so here each candidate's sparse
+tokens are right-padded and a key-padding mask keeps the padding out of every attention where
+tokens are keys (token self-attention and image-to-token attention). A padded batch then gives the
+same result as decoding each candidate alone, in one call.
+
+The same functional forward adds PerSAM's target-guided attention (a per-location bias on the
+token-to-image attention) and target-semantic prompting (the prior's mean feature added to the
+tokens), reproducing the reference code: the bias is added *after* the softmax and followed by a
+second softmax (``guidance="reference"``); the paper's wording, a bias on the logits before the
+softmax, is ``guidance="paper"``.
+
+Coordinates: point and box prompts are in the model's input frame (the resized, unpadded image),
+``(x, y)`` = (column, row) in pixels, as ``SamPredictor.predict_torch`` expects.
+Shapes: ``B`` candidates, ``T`` sparse tokens, ``g`` the embedding grid, low-res masks ``4g x 4g``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.modeling.transformer import Attention
+from torch.nn import functional as F
+
+Guidance = Literal["reference", "paper"]
+
+
+@dataclass
+class PromptBatch:
+    """Encoded prompts for B candidates on one image."""
+
+    sparse: torch.Tensor  # B x T x 256, right-padded
+    key_padding: torch.Tensor | None  # B x T, True where a token is padding (None: no padding)
+    dense: torch.Tensor  # B x 256 x g x g
+
+
+def encode_prompts(
+    sam: Sam,
+    points: Sequence[torch.Tensor | None],
+    labels: Sequence[torch.Tensor | None],
+    boxes: Sequence[torch.Tensor | None] | None = None,
+    mask_inputs: torch.Tensor | None = None,
+) -> PromptBatch:
+    """Encode one prompt set per candidate.
+
+    points[i]: N_i x 2 (x, y) in the input frame, or None; labels[i]: N_i (1 positive,
+    0 negative); boxes[i]: 4 (x0, y0, x1, y1) in the input frame or None; mask_inputs:
+    B x 1 x 4g x 4g low-res logits or None. SAM's own padding point (added when there is no box)
+    is kept, exactly as ``SamPredictor`` does.
+    """
+    pe = sam.prompt_encoder
+    n = len(points)
+    boxes = boxes if boxes is not None else [None] * n
+    tokens = []
+    for pts, lab, box in zip(points, labels, boxes):
+        pts_arg = (pts[None].float(), lab[None].float()) if pts is not None else None
+        box_arg = box.reshape(1, 4).float() if box is not None else None
+        sparse, _ = pe(points=pts_arg, boxes=box_arg, masks=None)
+        tokens.append(sparse[0])
+    lengths = [t.shape[0] for t in tokens]
+    width = max(lengths)
+    device = pe._get_device()
+    sparse = torch.zeros((n, width, pe.embed_dim), device=device)
+    for i, t in enumerate(tokens):
+        sparse[i, : t.shape[0]] = t
+    key_padding = None
+    if min(lengths) != width:
+        key_padding = torch.arange(width, device=device)[None, :] >= torch.tensor(lengths, device=device)[:, None]
+    if mask_inputs is not None:
+        dense = pe._embed_masks(mask_inputs)
+    else:
+        g = pe.image_embedding_size
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, g[0], g[1])
+    return PromptBatch(sparse=sparse, key_padding=key_padding, dense=dense)
+
+
+def _attend(
+    attn: Attention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None = None,
+    attn_sim: torch.Tensor | None = None,
+    guidance: Guidance = "reference",
+) -> torch.Tensor:
+    """``segment_anything`` Attention with an additive key bias and PerSAM's location bias."""
+    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
+    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
+    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if key_bias is not None:
+        logits = logits + key_bias
+    if attn_sim is not None and guidance == "paper":
+        logits = logits + attn_sim
+    weights = torch.softmax(logits, dim=-1)
+    if attn_sim is not None and guidance == "reference":
+        weights = torch.softmax(weights + attn_sim, dim=-1)
+    return attn.out_proj(attn._recombine_heads(weights @ v))
+
+
+def decode(
+    sam: Sam,
+    image_embedding: torch.Tensor,
+    prompts: PromptBatch,
+    multimask: bool = False,
+    attn_sim: torch.Tensor | None = None,
+    target_embedding: torch.Tensor | None = None,
+    guidance: Guidance = "reference",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode B candidates on one image embedding (1 x 256 x g x g) in one call.
+
+    Returns low-res logits B x M x 4g x 4g and predicted IoU B x M, with M = 1 (single mask,
+    SAM's mask token 0) or M = 3 (multimask tokens 1..3), like ``MaskDecoder.forward``.
+    ``attn_sim``: 1 x 1 x 1 x g*g PerSAM location bias; ``target_embedding``: 1 x 1 x 256.
+    """
+    md = sam.mask_decoder
+    tr = md.transformer
+    b = prompts.sparse.shape[0]
+    output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), prompts.sparse], dim=1)
+    n_out = output_tokens.shape[0]
+
+    key_bias = None
+    if prompts.key_padding is not None:
+        pad = torch.cat([torch.zeros((b, n_out), dtype=torch.bool, device=tokens.device), prompts.key_padding], dim=1)
+        key_bias = torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))[:, None, None, :]
+
+    src = image_embedding + prompts.dense  # broadcasts 1 -> B
+    if src.shape[0] != b:
+        src = src.expand(b, -1, -1, -1)
+    c, h, w = src.shape[1:]
+    keys = src.flatten(2).permute(0, 2, 1)
+    key_pe = sam.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+
+    # PerSAM's reference mutates the point embedding in place, so the token positional term
+    # carries the target embedding too: reproduce that.
+    point_pe = tokens if target_embedding is None else tokens + target_embedding
+    queries = point_pe
+    for layer in tr.layers:
+        if target_embedding is not None and layer is not tr.layers[0]:
+            queries = queries + target_embedding
+        # token self-attention (tokens are keys: mask padding)
+        if layer.skip_first_layer_pe:
+            queries = _attend(layer.self_attn, queries, queries, queries, key_bias)
+        else:
+            q = queries + point_pe
+            queries = queries + _attend(layer.self_attn, q, q, queries, key_bias)
+        queries = layer.norm1(queries)
+        # tokens attend to the image (PerSAM's location bias applies here)
+        q = queries + point_pe
+        k = keys + key_pe
+        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys, None, attn_sim, guidance))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        # image attends to the tokens (tokens are keys: mask padding)
+        q = queries + point_pe
+        k = keys + key_pe
+        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, q, queries, key_bias))
+    q = queries + point_pe
+    if target_embedding is not None:
+        q = q + target_embedding
+    k = keys + key_pe
+    queries = tr.norm_final_attn(queries + _attend(tr.final_attn_token_to_image, q, k, keys))
+
+    iou_token_out = queries[:, 0, :]
+    wanted = range(1, md.num_mask_tokens) if multimask else range(0, 1)
+    upscaled = md.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in wanted], dim=1)
+    bu, cu, hu, wu = upscaled.shape
+    masks = (hyper @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+    iou = md.iou_prediction_head(iou_token_out)[:, list(wanted)]
+    return masks, iou
+
+
+def upscale_logits(sam: Sam, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits (B x M x 4g x 4g) -> logits at the original image size (``Sam.postprocess_masks``)."""
+    return sam.postprocess_masks(low_res, input_size=input_size, original_size=original_size)
+
+
+def logits_on_grid(low_res: torch.Tensor, grid: int) -> torch.Tensor:
+    """Low-res logits (B x 1 x 4g x 4g) bilinearly resized to the feature grid (B x g x g)."""
+    return F.interpolate(low_res, size=(grid, grid), mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,363 @@
+"""The P²SAM engine: set a patient's prior once, segment any number of follow-ups.
+
+    engine = P2SAMEngine(load_model("kvasir").sam)
+    prior = engine.set_prior(prior_image, prior_mask)      # encoded once, parts clustered once
+    result = engine.segment(followup_image, prior)          # method="p2sam" (retrieval)
+
+Images are ``H x W x 3`` uint8 RGB (or ``H x W`` grey); masks ``H x W`` bool, same size as their
+image. Results are at the original size of the target image; point prompts are ``(x, y)`` =
+(column, row) pixels of that image.
+
+Methods: ``p2sam`` (part-aware prompts, the part count chosen by Wasserstein retrieval over
+``pos_range`` x ``neg_range``), ``fixed`` (P²SAM at given part counts, no retrieval), ``persam``
+(training-free PerSAM: mean prototype, target-guided attention, target-semantic prompting) and
+``direct`` (direct transfer: no prompt at all).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch.nn import functional as F
+
+from .cascade import CascadeInput, run_cascade
+from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
+from .parts import argmax_xy, kmeans_prototypes, mask_to_grid, similarity_maps
+from .retrieval import Cost, pick_best, wasserstein
+
+Method = Literal["p2sam", "fixed", "persam", "direct"]
+
+
+class EngineInputError(ValueError):
+    """An image or mask the engine cannot use (wrong shape, type, or empty prior)."""
+
+
+@dataclass(frozen=True)
+class P2SAMConfig:
+    """Every choice of the method, defaulting to the reference code (see ALGORITHM.md)."""
+
+    mode: Literal["medical", "natural"] = "medical"  # negatives: background parts (argmax) | argmin of mean similarity
+    pos_range: tuple[int, int] = (1, 5)  # positive part counts tried by retrieval (inclusive)
+    neg_range: tuple[int, int] = (1, 1)  # negative (background) part counts, medical mode
+    cost: Cost = "sqeuclidean"  # Wasserstein ground cost on raw features; "cosine" = paper eq. 5
+    kmeans_seed: int = 0
+    kmeans_n_init: int = 10
+    multimask_cascade: bool | None = None  # None: natural -> True (PerSAM), medical -> False (P²SAM)
+    guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
+    direct_candidate: bool = False  # also offer the no-prompt prediction to retrieval
+    batched: bool = True  # one decoder call per cascade step for all candidates
+
+    @property
+    def multimask(self) -> bool:
+        return (self.mode == "natural") if self.multimask_cascade is None else self.multimask_cascade
+
+
+@dataclass
+class EncodedImage:
+    """Image-encoder output for one image: features 1 x 256 x g x g (raw, un-normalised)."""
+
+    features: torch.Tensor
+    original_size: tuple[int, int]  # (H, W) of the image given
+    input_size: tuple[int, int]  # (h, w) after resizing the longest side, before padding
+
+
+@dataclass
+class Prior:
+    """A patient's prior, encoded and clustered once, reused for every follow-up."""
+
+    image: EncodedImage
+    grid_mask: torch.Tensor  # g x g bool
+    fg_features: torch.Tensor  # Nf x 256 raw features under the prior mask (the retrieval reference)
+    bg_features: torch.Tensor  # Nb x 256 raw features outside it (padding counts as background)
+    mean_embedding: torch.Tensor  # 256, mean foreground feature (PerSAM's target embedding)
+    seed: int
+    n_init: int
+    pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
+    neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def parts(self, n: int, background: bool = False) -> torch.Tensor | None:
+        """n prototypes of the foreground (or background), None if there are fewer cells than n."""
+        cache, feats = (self.neg_parts, self.bg_features) if background else (self.pos_parts, self.fg_features)
+        if n not in cache:
+            cache[n] = kmeans_prototypes(feats, n, self.seed, self.n_init) if 1 <= n <= len(feats) else None
+        return cache[n]
+
+
+@dataclass
+class Candidate:
+    """One prompt set tried for a target, and how it scored."""
+
+    n_pos: int
+    n_neg: int
+    points: np.ndarray  # N x 2 (x, y) original pixels
+    labels: np.ndarray  # N, 1 positive / 0 negative
+    distance: float = math.inf  # Wasserstein distance to the prior's foreground features
+    iou_pred: float = 0.0
+    cells: int = 0  # feature-grid cells inside the candidate mask
+    box: np.ndarray | None = None  # step-(c) box (x0, y0, x1, y1), original pixels
+
+    def to_dict(self) -> dict:
+        return {
+            "n_pos": self.n_pos,
+            "n_neg": self.n_neg,
+            "points": self.points.tolist(),
+            "labels": self.labels.tolist(),
+            "distance": None if math.isinf(self.distance) else self.distance,
+            "iou_pred": self.iou_pred,
+            "cells": self.cells,
+            "box": None if self.box is None else self.box.tolist(),
+        }
+
+
+@dataclass
+class Segmentation:
+    """The engine's answer for one target image."""
+
+    method: str
+    mask: np.ndarray  # H x W bool at the target's original size
+    logits: np.ndarray  # H x W float32 logits (probability = sigmoid)
+    found: bool  # False: nothing was found (the mask is empty)
+    chosen: int | None  # index into candidates
+    candidates: list[Candidate]
+    candidate_logits: torch.Tensor  # B x 1 x 4g x 4g final low-res logits of every candidate
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate | None:
+        return None if self.chosen is None else self.candidates[self.chosen]
+
+    def to_dict(self) -> dict:
+        best = self.best
+        return {
+            "method": self.method,
+            "found": self.found,
+            "n_pos": best.n_pos if best else None,
+            "n_neg": best.n_neg if best else None,
+            "points": best.points.tolist() if best else [],
+            "labels": best.labels.tolist() if best else [],
+            "distance": (None if best is None or math.isinf(best.distance) else best.distance),
+            "iou_pred": best.iou_pred if best else None,
+            "area_px": int(self.mask.sum()),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "timings_s": {k: round(v, 6) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Validate an image and return it as H x W x 3 uint8."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise EngineInputError(f"image must be uint8 (window CT first), got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise EngineInputError(f"image must be H x W or H x W x 3, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class P2SAMEngine:
+    """SamPredictor-like object: one model, a cached prior per patient, many targets."""
+
+    def __init__(self, sam: Sam, config: P2SAMConfig | None = None) -> None:
+        self.sam = sam.eval()
+        self.config = config or P2SAMConfig()
+        self.device = next(sam.parameters()).device
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.grid = int(sam.prompt_encoder.image_embedding_size[0])
+
+    def with_config(self, **changes) -> "P2SAMEngine":
+        """A second engine on the same model with some settings changed."""
+        return P2SAMEngine(self.sam, replace(self.config, **changes))
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> EncodedImage:
+        image = as_rgb(image)
+        resized = self.transform.apply_image(image)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        features = self.sam.image_encoder(self.sam.preprocess(x))
+        return EncodedImage(features=features, original_size=tuple(image.shape[:2]), input_size=tuple(resized.shape[:2]))
+
+    @torch.inference_mode()
+    def set_prior(self, image: np.ndarray | EncodedImage, mask: np.ndarray) -> Prior:
+        """Encode the prior image and cluster its foreground/background into parts (cached)."""
+        encoded = image if isinstance(image, EncodedImage) else self.encode(image)
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != encoded.original_size:
+            raise EngineInputError(f"prior mask is {mask.shape}, its image is {encoded.original_size}: they must match")
+        if not mask.any():
+            raise EngineInputError("prior mask is empty: nothing to take the structure's appearance from")
+        grid_mask = mask_to_grid(mask, self.sam, self.grid).to(self.device)
+        feats = encoded.features[0].permute(1, 2, 0)  # g x g x C
+        prior = Prior(
+            image=encoded,
+            grid_mask=grid_mask,
+            fg_features=feats[grid_mask],
+            bg_features=feats[~grid_mask],
+            mean_embedding=feats[grid_mask].mean(0),
+            seed=self.config.kmeans_seed,
+            n_init=self.config.kmeans_n_init,
+        )
+        if len(prior.bg_features) == 0:
+            prior.warnings.append("prior mask covers the whole image: no background parts, no negative points")
+        for n in range(self.config.pos_range[0], self.config.pos_range[1] + 1):
+            prior.parts(n)
+        if self.config.mode == "medical":
+            for n in range(self.config.neg_range[0], self.config.neg_range[1] + 1):
+                prior.parts(n, background=True)
+        return prior
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        target: np.ndarray | EncodedImage,
+        prior: Prior | None = None,
+        method: Method = "p2sam",
+        n_pos: int | None = None,
+        n_neg: int | None = None,
+    ) -> Segmentation:
+        """Segment the prior's structure on ``target``.
+
+        ``fixed`` uses ``n_pos`` positive parts and ``n_neg`` negatives (default: the ranges'
+        lower ends). A target where nothing is found gives ``found=False`` and an empty mask.
+        """
+        cfg = self.config
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        enc = target if isinstance(target, EncodedImage) else self.encode(target)
+        timings["encode"] = time.perf_counter() - t0
+        if method != "direct" and prior is None:
+            raise EngineInputError(f"method '{method}' needs a prior (set_prior first)")
+        warnings = list(prior.warnings) if prior is not None else []
+
+        # PerSAM (and P²SAM on natural images, as in the reference) use the argmin negative,
+        # target-guided attention and target-semantic prompting.
+        guided = method == "persam" or cfg.mode == "natural"
+        t = time.perf_counter()
+        if method == "direct":
+            cands, inputs = [Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64))], []
+        else:
+            specs = self._specs(prior, method, n_pos, n_neg)
+            if not specs:
+                raise EngineInputError("no candidate part counts fit the prior (is the prior mask too small?)")
+            cands, inputs = self._prompts(enc, prior, specs, argmin_negative=guided, guided=guided)
+        timings["prompts"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if method == "direct":
+            low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
+        else:
+            target_embedding = prior.mean_embedding.reshape(1, 1, -1) if guided else None
+            out = run_cascade(
+                self.sam, enc.features, inputs, enc.input_size, enc.original_size,
+                multimask=cfg.multimask, target_embedding=target_embedding, guidance=cfg.guidance, batched=cfg.batched,
+            )
+            low_res, iou = out.low_res, out.iou.reshape(-1, 1)
+            for cand, box in zip(cands, out.boxes):
+                cand.box = box
+            if method == "p2sam" and cfg.direct_candidate:
+                d_low, d_iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
+                cands.append(Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64)))
+                low_res, iou = torch.cat([low_res, d_low]), torch.cat([iou, d_iou])
+        timings["decode"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        on_grid = logits_on_grid(low_res, self.grid) > 0
+        target_feats = enc.features[0].permute(1, 2, 0)
+        for i, cand in enumerate(cands):
+            cand.iou_pred = float(iou[i, 0])
+            cand.cells = int(on_grid[i].sum())
+            if prior is not None:
+                cand.distance = wasserstein(prior.fg_features, target_feats[on_grid[i]], cfg.cost)
+        timings["transport"] = time.perf_counter() - t
+
+        if method == "p2sam":
+            chosen = pick_best([c.distance for c in cands])
+        else:
+            chosen = 0 if cands[0].cells > 0 or method == "direct" else None
+        t = time.perf_counter()
+        if chosen is None:
+            h, w = enc.original_size
+            mask, logits = np.zeros((h, w), bool), np.full((h, w), -20.0, np.float32)
+        else:
+            full = upscale_logits(self.sam, low_res[chosen : chosen + 1], enc.input_size, enc.original_size)[0, 0]
+            logits = full.float().cpu().numpy()
+            mask = logits > self.sam.mask_threshold
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        found = bool(mask.any())
+        if not found:
+            warnings.append("not found: no candidate produced a mask on this target")
+        return Segmentation(
+            method=method, mask=mask, logits=logits, found=found, chosen=chosen if found else None,
+            candidates=cands, candidate_logits=low_res, timings=timings, warnings=warnings,
+        )
+
+    def _specs(self, prior: Prior, method: Method, n_pos: int | None, n_neg: int | None) -> list[tuple[int, int]]:
+        """(n_pos, n_neg) pairs to try, in retrieval order (fewer parts first)."""
+        cfg = self.config
+        if method == "persam":
+            return [(1, 1)]
+        if method == "fixed":
+            n_pos = n_pos or cfg.pos_range[0]
+            n_neg = cfg.neg_range[0] if n_neg is None else n_neg
+            pos = [n_pos] if prior.parts(n_pos) is not None else []
+            negs = [n_neg]
+        else:
+            pos = [n for n in range(cfg.pos_range[0], cfg.pos_range[1] + 1) if prior.parts(n) is not None]
+            negs = list(range(cfg.neg_range[0], cfg.neg_range[1] + 1))
+        if cfg.mode == "natural":
+            return [(p, 1) for p in pos]
+        negs = [m for m in negs if m == 0 or prior.parts(m, background=True) is not None] or [0]
+        return [(p, m) for p in pos for m in negs]
+
+    def _prompts(self, enc: EncodedImage, prior: Prior, specs: list[tuple[int, int]], argmin_negative: bool, guided: bool):
+        """Point prompts for every candidate from ONE batch of similarity maps.
+
+        Positives: the argmax of each part's map (n = 1: of the mean prototype's map).
+        Negatives: the argmin of the mean positive map (natural images, PerSAM), or the argmax
+        of each background part's map (medical images).
+        """
+        pos_ns = sorted({p for p, _ in specs})
+        neg_ns = [] if argmin_negative else sorted({m for _, m in specs if m > 0})
+        blocks, offsets = [], {}
+        for key in [("pos", n) for n in pos_ns] + [("neg", m) for m in neg_ns]:
+            protos = prior.parts(key[1], background=key[0] == "neg")
+            offsets[key] = (sum(len(b) for b in blocks), len(protos))
+            blocks.append(protos)
+        maps = similarity_maps(self.sam, torch.cat(blocks), enc.features[0], enc.input_size, enc.original_size)
+        peaks = argmax_xy(maps)
+
+        def group(key):
+            start, count = offsets[key]
+            return maps[start : start + count], peaks[start : start + count]
+
+        cands, inputs = [], []
+        for n_pos, n_neg in specs:
+            pos_maps, pos_xy = group(("pos", n_pos))
+            mean_map = pos_maps.mean(0, keepdim=True)
+            if argmin_negative:
+                neg_xy = argmax_xy(mean_map, largest=False) if n_neg else np.zeros((0, 2), np.int64)
+            else:
+                neg_xy = group(("neg", n_neg))[1] if n_neg else np.zeros((0, 2), np.int64)
+            points = np.concatenate([pos_xy, neg_xy])
+            labels = np.concatenate([np.ones(len(pos_xy), np.int64), np.zeros(len(neg_xy), np.int64)])
+            attn_sim = self._attention_bias(mean_map[0]) if guided else None
+            cands.append(Candidate(n_pos, len(neg_xy), points, labels))
+            inputs.append(CascadeInput(points=points, labels=labels, attn_sim=attn_sim))
+        return cands, inputs
+
+    def _attention_bias(self, sim: torch.Tensor) -> torch.Tensor:
+        """PerSAM's target-guided attention: sigmoid of the standardised similarity on the grid."""
+        sim = (sim - sim.mean()) / sim.std().clamp_min(1e-12)
+        sim = F.interpolate(sim[None, None], size=(self.grid, self.grid), mode="bilinear")
+        return sim.sigmoid().reshape(1, 1, 1, -1)

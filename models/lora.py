@@ -1,0 +1,105 @@
+"""LoRA on SAM's image encoder (``attn.qkv`` and ``attn.proj`` of every block), with peft.
+
+The paper's "LoRA" setting trains LoRA (reference rank 1) plus the patch embedding, the neck, the
+prompt encoder and the mask decoder. An adapter file (``format: p2sam-lora/1``) therefore holds
+the LoRA tensors *and* those fully trained modules; it is applied on top of the base checkpoint it
+was trained from, and merged into the base weights for inference (no run-time overhead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from segment_anything.modeling import Sam
+from torch import nn
+
+from .checkpoints import LORA_FORMAT, CheckpointError, read_checkpoint
+
+TARGET_MODULES = r".*blocks\.\d+\.attn\.(qkv|proj)"
+# Modules trained in full alongside LoRA (paper appendix B).
+TRAINED_MODULES = ("image_encoder.patch_embed", "image_encoder.neck", "prompt_encoder", "mask_decoder")
+
+
+def add_lora(sam: Sam, rank: int = 1, alpha: float = 1.0, dropout: float = 0.0) -> Sam:
+    """Inject LoRA layers into the ViT encoder's attention and freeze what LoRA training freezes."""
+    if not hasattr(sam.image_encoder, "blocks"):
+        raise CheckpointError("LoRA targets a ViT image encoder (vit_b/l/h); this backbone has no attention blocks")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES)
+    inject_adapter_in_model(config, sam.image_encoder)
+    for name, param in sam.named_parameters():
+        param.requires_grad = "lora_" in name or name.startswith(TRAINED_MODULES)
+    sam._p2sam_lora = {"rank": rank, "alpha": alpha}  # type: ignore[attr-defined]
+    return sam
+
+
+def save_lora_file(sam: Sam, path: str | Path, base_backbone: str, base_sha256: str, card: dict[str, Any] | None = None) -> Path:
+    """Write the LoRA tensors and the fully trained modules to an adapter file."""
+    lora_state = get_peft_model_state_dict(sam.image_encoder)
+    trained = {k: v for k, v in _base_state(sam).items() if k.startswith(TRAINED_MODULES)}
+    payload = {
+        "format": LORA_FORMAT,
+        "base": base_backbone,
+        "base_sha256": base_sha256,
+        "lora": dict(getattr(sam, "_p2sam_lora", {"rank": 1, "alpha": 1.0})),
+        "lora_state_dict": {k: v.contiguous() for k, v in lora_state.items()},
+        "trained_state_dict": {k: v.contiguous() for k, v in trained.items()},
+        "card": card or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _base_state(sam: Sam) -> dict[str, torch.Tensor]:
+    """State dict with peft's ``base_layer.`` indirection removed and LoRA tensors dropped."""
+    out = {}
+    for key, value in sam.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
+def apply_lora_file(sam: Sam, path: str | Path, base_backbone: str, allow_pickle: bool = False) -> Sam:
+    """Load an adapter file onto ``sam`` (already holding its base weights) and merge it in."""
+    payload = read_checkpoint(path, allow_pickle=allow_pickle)
+    if not isinstance(payload, dict) or payload.get("format") != LORA_FORMAT:
+        raise CheckpointError(f"{path} is not a LoRA adapter file (expected format '{LORA_FORMAT}')")
+    if payload.get("base") != base_backbone:
+        raise CheckpointError(f"LoRA adapter {path} was trained on '{payload.get('base')}', not '{base_backbone}'")
+    cfg = payload.get("lora") or {}
+    add_lora(sam, rank=int(cfg.get("rank", 1)), alpha=float(cfg.get("alpha", 1.0)))
+    result = set_peft_model_state_dict(sam.image_encoder, payload["lora_state_dict"])
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(f"LoRA adapter {path} does not fit this encoder ({len(unexpected)} unexpected tensors, e.g. {unexpected[0]})")
+    merge_lora(sam)
+    trained = payload.get("trained_state_dict") or {}
+    own = sam.state_dict()
+    bad = [k for k, v in trained.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"LoRA adapter {path}: {len(bad)} trained tensors do not fit the base model (e.g. {bad[0]})")
+    sam.load_state_dict(trained, strict=False)
+    for param in sam.parameters():
+        param.requires_grad = True
+    return sam
+
+
+def merge_lora(sam: Sam) -> Sam:
+    """Fold every LoRA layer into its base linear layer and put the plain layer back."""
+    for name, module in list(sam.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent: nn.Module = sam.get_submodule(parent_name) if parent_name else sam
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(sam, "_p2sam_lora"):
+        del sam._p2sam_lora
+    return sam

@@ -1,0 +1,62 @@
+"""The batched functional decoder equals SAM's own MaskDecoder, and padding changes nothing."""
+
+from __future__ import annotations
+
+import torch
+
+from models.decoder import decode, encode_prompts
+
+from .fixtures import color_sam
+
+
+def _setup():
+    sam = color_sam()
+    torch.manual_seed(1)
+    features = torch.randn(1, 256, 8, 8)
+    return sam, features
+
+
+def test_matches_segment_anything_mask_decoder():
+    sam, features = _setup()
+    pts = torch.tensor([[10.0, 20.0], [40.0, 33.0], [5.0, 60.0]])
+    lab = torch.tensor([1.0, 1.0, 0.0])
+    mask_in = torch.randn(1, 1, 32, 32)
+    box = torch.tensor([4.0, 8.0, 50.0, 40.0])
+    for boxes, masks in [(None, None), (None, mask_in), (box, mask_in)]:
+        sparse, dense = sam.prompt_encoder(
+            points=(pts[None], lab[None]), boxes=None if boxes is None else boxes[None], masks=masks
+        )
+        for multimask in (False, True):
+            ref_masks, ref_iou = sam.mask_decoder(features, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+            prompts = encode_prompts(sam, [pts], [lab], boxes=[boxes], mask_inputs=masks)
+            masks_out, iou_out = decode(sam, features, prompts, multimask=multimask)
+            assert torch.allclose(masks_out, ref_masks, atol=1e-4), (boxes is None, masks is None, multimask)
+            assert torch.allclose(iou_out, ref_iou, atol=1e-5)
+
+
+def test_padded_batch_equals_one_by_one():
+    """Candidates with 2, 4 and 6 points decoded together == decoded alone."""
+    sam, features = _setup()
+    gen = torch.Generator().manual_seed(3)
+    pts = [torch.rand(n, 2, generator=gen) * 64 for n in (2, 4, 6)]
+    labs = [torch.tensor([1.0] * (n - 1) + [0.0]) for n in (2, 4, 6)]
+    together = encode_prompts(sam, pts, labs)
+    assert together.key_padding is not None and together.key_padding.sum() == 4 + 2
+    masks_b, iou_b = decode(sam, features, together)
+    for i in range(3):
+        masks_1, iou_1 = decode(sam, features, encode_prompts(sam, [pts[i]], [labs[i]]))
+        assert torch.allclose(masks_b[i], masks_1[0], atol=1e-4)
+        assert torch.allclose(iou_b[i], iou_1[0], atol=1e-5)
+
+
+def test_persam_guidance_changes_the_decoding():
+    sam, features = _setup()
+    prompts = encode_prompts(sam, [torch.tensor([[20.0, 20.0]])], [torch.tensor([1.0])])
+    plain, _ = decode(sam, features, prompts)
+    bias = torch.linspace(0, 1, 64).reshape(1, 1, 1, 64)
+    ref, _ = decode(sam, features, prompts, attn_sim=bias, guidance="reference")
+    paper, _ = decode(sam, features, prompts, attn_sim=bias, guidance="paper")
+    semantic, _ = decode(sam, features, prompts, target_embedding=torch.randn(1, 1, 256))
+    assert not torch.allclose(plain, ref, atol=1e-3)
+    assert not torch.allclose(ref, paper, atol=1e-3)
+    assert not torch.allclose(plain, semantic, atol=1e-3)
