@@ -1,0 +1,104 @@
+"""Shared pieces for the DICOM writers: file meta, patient/study copying, DS text, UIDs."""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+from .errors import ImagingError
+from .volume import DicomInfo, Volume
+
+MANUFACTURER = "P2SAM open-source service"
+# Type 2 attributes of the Patient and General Study modules: present, possibly empty.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                       "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def new_uid(entropy: str | None = None) -> str:
+    """A new UID; deterministic when ``entropy`` is given (reproducible examples/tests)."""
+    return generate_uid(entropy_srcs=[entropy]) if entropy else generate_uid()
+
+
+def new_dataset(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    """Empty dataset with File Meta and SOP Common identification filled in."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "P2SAM_IMAGING"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    now = _dt.datetime.now()
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    return ds
+
+
+def require_dicom(image: Volume, what: str) -> DicomInfo:
+    """The image's DICOM identity, or an ImagingError saying why ``what`` needs it."""
+    info = image.dicom
+    if info is None or not info.sop_instance_uids or not info.frame_of_reference_uid:
+        raise ImagingError(
+            f"{what} must reference a DICOM image series with a Frame of Reference, but the image "
+            f"{image.source or '(in memory)'} has none; read the image from DICOM (or write it with "
+            "write_dicom_series) first")
+    return info
+
+
+def copy_patient_study(ds: Dataset, info: DicomInfo) -> None:
+    """Copy Patient + General Study attributes of the source image into ``ds``."""
+    for keyword, value in info.patient_study.items():
+        if value is not None:
+            setattr(ds, keyword, value)
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    ds.StudyInstanceUID = info.study_instance_uid
+
+
+def set_equipment(ds: Dataset, manufacturer: str, model: str, version: str) -> None:
+    ds.Manufacturer = manufacturer[:64]
+    ds.ManufacturerModelName = model[:64]
+    ds.SoftwareVersions = (version or "unknown")[:64]
+
+
+def series_date_time(ds: Dataset) -> None:
+    now = _dt.datetime.now()
+    ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = now.strftime("%H%M%S")
+
+
+def ds_text(value: float) -> str:
+    """A number as DICOM DS text (<= 16 chars), 0.1 micrometre resolution."""
+    s = f"{float(value):.4f}".rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "", "-") else s
+
+
+def ds_list(values: np.ndarray) -> list[str]:
+    return [ds_text(v) for v in np.asarray(values, dtype=float).ravel()]
+
+
+def save(ds: Dataset, path: "str | Path") -> Path:
+    """Write ``ds`` as a DICOM Part 10 file (preamble + meta), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def read_dataset(path: "str | Path", expected: str) -> Dataset:
+    """Read a DICOM file or raise an ImagingError naming it and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagingError(f"{path}: file not found (expected {expected})")
+    try:
+        return pydicom.dcmread(path)
+    except Exception:
+        raise ImagingError(f"{path.name}: not a DICOM file (expected {expected})") from None

@@ -1,0 +1,110 @@
+"""Turn what a user handed us (file, folder, list of files, zip) into local file paths.
+
+Zip archives are extracted into a temporary folder after checking every member name:
+absolute paths, ``..`` components, drive letters, symbolic links and absurd sizes are
+refused with :class:`UnsafeArchiveError` before anything is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence, Union
+
+from .errors import ImagingError, UnsafeArchiveError, UnsupportedFileError
+
+PathLike = Union[str, os.PathLike]
+MAX_ZIP_BYTES = 8 * 1024**3  # uncompressed total we are willing to extract
+MAX_ZIP_MEMBERS = 100_000
+
+
+def kind_of_file(path: Path) -> str:
+    """Sniff a file: 'zip', 'nifti', 'png', 'jpeg', 'dicom' or 'unknown' (content, then name)."""
+    name = path.name.lower()
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") == 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"
+    return "dicom?" if head[:2] in (b"\x08\x00", b"\x02\x00") else "unknown"
+
+
+def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise UnsafeArchiveError(
+            f"{archive}: member name {name!r} points outside the archive (path traversal); "
+            "re-create the zip with plain relative names")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is a symbolic link; links are not accepted")
+
+
+@contextlib.contextmanager
+def extracted_zip(path: PathLike) -> Iterator[Path]:
+    """Safely extract a zip into a temporary folder (deleted on exit); yield the folder."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsupportedFileError(f"{path.name}: not a readable zip archive ({exc})") from None
+    with zf, tempfile.TemporaryDirectory(prefix="p2sam-zip-") as tmp:
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise UnsafeArchiveError(f"{path.name}: {len(infos)} members is more than the {MAX_ZIP_MEMBERS} accepted")
+        for info in infos:
+            _check_member(info, path.name)
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ZIP_BYTES:
+            raise UnsafeArchiveError(f"{path.name}: expands to {total / 1e9:.1f} GB, more than the "
+                                     f"{MAX_ZIP_BYTES / 1e9:.0f} GB accepted")
+        root = Path(tmp).resolve()
+        for i, info in enumerate(infos):
+            if info.is_dir():
+                continue
+            # Flat, numbered names: nothing from the archive decides where we write.
+            target = root / f"{i:06d}_{PurePosixPath(info.filename.replace(chr(92), '/')).name}"
+            with zf.open(info) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        yield root
+
+
+@contextlib.contextmanager
+def local_files(path: "PathLike | Sequence[PathLike]") -> Iterator[list[Path]]:
+    """Yield the regular files behind ``path`` (file, folder walked recursively, list of
+    files, or zip archive extracted safely). Hidden files are skipped."""
+    if isinstance(path, (list, tuple)):
+        files = [Path(p) for p in path]
+        for f in files:
+            if not f.is_file():
+                raise ImagingError(f"{f}: file not found")
+        yield files
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ImagingError(f"{p}: no such file or folder")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise ImagingError(f"{p}: folder is empty")
+        yield files
+        return
+    if kind_of_file(p) == "zip":
+        with extracted_zip(p) as root:
+            yield sorted(f for f in root.iterdir() if f.is_file())
+        return
+    yield [p]
