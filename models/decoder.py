@@ -93,6 +93,9 @@ def _attend(
     q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
     k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
     v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    if attn_sim is None:  # fused kernel; same maths as segment-anything's explicit softmax
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
+        return attn.out_proj(attn._recombine_heads(out))
     logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if key_bias is not None:
         logits = logits + key_bias
@@ -104,6 +107,11 @@ def _attend(
     return attn.out_proj(attn._recombine_heads(weights @ v))
 
 
+# On CPUs a batch larger than the caches is slower per candidate than a smaller one: past this
+# many image tokens (candidates x g x g) ``decode`` works through the batch in chunks.
+CPU_CHUNK_TOKENS = 8192
+
+
 def decode(
     sam: Sam,
     image_embedding: torch.Tensor,
@@ -112,13 +120,44 @@ def decode(
     attn_sim: torch.Tensor | None = None,
     target_embedding: torch.Tensor | None = None,
     guidance: Guidance = "reference",
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode B candidates on one image embedding (1 x 256 x g x g) in one call.
 
     Returns low-res logits B x M x 4g x 4g and predicted IoU B x M, with M = 1 (single mask,
     SAM's mask token 0) or M = 3 (multimask tokens 1..3), like ``MaskDecoder.forward``.
-    ``attn_sim``: 1 x 1 x 1 x g*g PerSAM location bias; ``target_embedding``: 1 x 1 x 256.
+    ``attn_sim``: 1 x 1 x 1 x g*g (or B x ...) PerSAM location bias; ``target_embedding``:
+    1 x 1 x 256. ``chunk_tokens`` bounds the image tokens processed at once (default: all on a
+    GPU, ``CPU_CHUNK_TOKENS`` on a CPU); chunking does not change the results.
     """
+    b = prompts.sparse.shape[0]
+    g_tokens = image_embedding.shape[-2] * image_embedding.shape[-1]
+    if chunk_tokens is None and image_embedding.device.type == "cpu":
+        chunk_tokens = CPU_CHUNK_TOKENS
+    step = b if chunk_tokens is None else max(1, chunk_tokens // g_tokens)
+    if step >= b:
+        return _decode(sam, image_embedding, prompts, multimask, attn_sim, target_embedding, guidance)
+    outs = []
+    for i in range(0, b, step):
+        part = PromptBatch(
+            sparse=prompts.sparse[i : i + step],
+            key_padding=None if prompts.key_padding is None else prompts.key_padding[i : i + step],
+            dense=prompts.dense[i : i + step],
+        )
+        sim = attn_sim[i : i + step] if attn_sim is not None and attn_sim.shape[0] == b > 1 else attn_sim
+        outs.append(_decode(sam, image_embedding, part, multimask, sim, target_embedding, guidance))
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def _decode(
+    sam: Sam,
+    image_embedding: torch.Tensor,
+    prompts: PromptBatch,
+    multimask: bool,
+    attn_sim: torch.Tensor | None,
+    target_embedding: torch.Tensor | None,
+    guidance: Guidance,
+) -> tuple[torch.Tensor, torch.Tensor]:
     md = sam.mask_decoder
     tr = md.transformer
     b = prompts.sparse.shape[0]
@@ -134,7 +173,7 @@ def decode(
     src = image_embedding + prompts.dense  # broadcasts 1 -> B
     if src.shape[0] != b:
         src = src.expand(b, -1, -1, -1)
-    c, h, w = src.shape[1:]
+    h, w = src.shape[2:]
     keys = src.flatten(2).permute(0, 2, 1)
     key_pe = sam.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
 
@@ -169,12 +208,32 @@ def decode(
 
     iou_token_out = queries[:, 0, :]
     wanted = range(1, md.num_mask_tokens) if multimask else range(0, 1)
-    upscaled = md.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
     hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in wanted], dim=1)
-    bu, cu, hu, wu = upscaled.shape
-    masks = (hyper @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+    masks = _upscale_and_project(md.output_upscaling, keys, hyper, h, w)
     iou = md.iou_prediction_head(iou_token_out)[:, list(wanted)]
     return masks, iou
+
+
+def _upscale_and_project(upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """SAM's output upscaling (2 x ConvTranspose2d(k=2, s=2), LayerNorm2d, GELU) and the
+    hypernetwork product, computed as two GEMMs on channels-last tokens.
+
+    A stride-2, kernel-2 transposed convolution maps each input pixel to its own 2x2 output block,
+    so it is one matrix product per pixel; this is faster on CPUs than the convolution and gives
+    the same numbers. keys: B x (h*w) x C; hyper: B x M x C/8. Returns B x M x 4h x 4w.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    b = keys.shape[0]
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # (ki, kj, out) order
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    y = torch.addmm(conv1.bias.repeat(4), keys.reshape(-1, keys.shape[-1]), w1).reshape(-1, c1)
+    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+    z = act2(torch.addmm(conv2.bias.repeat(4), y, w2)).reshape(b, h * w * 16, c2)
+    m = torch.bmm(z, hyper.transpose(1, 2))  # B x (h*w*16) x M; rows ordered (i, j, ki, kj, li, lj)
+    n_masks = hyper.shape[1]
+    m = m.reshape(b, h, w, 2, 2, 2, 2, n_masks).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return m.reshape(b, n_masks, 4 * h, 4 * w)
 
 
 def upscale_logits(sam: Sam, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:

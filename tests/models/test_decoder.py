@@ -60,3 +60,14 @@ def test_persam_guidance_changes_the_decoding():
     assert not torch.allclose(plain, ref, atol=1e-3)
     assert not torch.allclose(ref, paper, atol=1e-3)
     assert not torch.allclose(plain, semantic, atol=1e-3)
+
+
+def test_chunked_decoding_gives_the_same_answer():
+    sam, features = _setup()
+    gen = torch.Generator().manual_seed(5)
+    pts = [torch.rand(n, 2, generator=gen) * 64 for n in (1, 3, 2, 5)]
+    labs = [torch.ones(len(p)) for p in pts]
+    prompts = encode_prompts(sam, pts, labs, mask_inputs=torch.randn(4, 1, 32, 32, generator=gen))
+    whole, iou_whole = decode(sam, features, prompts, chunk_tokens=10**9)
+    chunked, iou_chunked = decode(sam, features, prompts, chunk_tokens=128)  # 2 candidates per chunk
+    assert torch.allclose(whole, chunked, atol=1e-4) and torch.allclose(iou_whole, iou_chunked, atol=1e-5)
