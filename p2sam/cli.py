@@ -1,0 +1,176 @@
+"""The `p2sam` command. It only parses arguments; the work is in the library functions.
+
+    p2sam example --out demo
+    p2sam segment --prior demo/prior --prior-mask demo/prior_rtstruct.dcm --roi GTV \
+                  --target demo/followup1 --target demo/followup2 --out demo/out
+    p2sam serve | worker | batch | train | models | config | apikey
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    from imaging.phantom import write_example_case
+
+    paths = write_example_case(args.out, seed=args.seed)
+    out = Path(args.out)
+    print(f"wrote the synthetic example case to {out}/ (seed {args.seed}):")
+    for key in ("prior", "prior_rtstruct", "followup1", "followup2", "followup1_gtv", "followup2_gtv"):
+        print(f"  {key:<15} {paths[key]}")
+    print("next:")
+    print(f"  p2sam segment --prior {out}/prior --prior-mask {out}/prior_rtstruct.dcm --roi GTV "
+          f"--target {out}/followup1 --target {out}/followup2 --out {out}/out")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .pipeline import run_job
+    from .spec import JobSpec, TargetSpec
+
+    spec = JobSpec(
+        prior_image=args.prior, prior_mask=args.prior_mask, roi=args.roi,
+        targets=[TargetSpec(path=t) for t in args.target],
+        outputs=args.outputs.split(",") if args.outputs else JobSpec.model_fields["outputs"].default_factory(),
+        model=args.model, method=args.method, n_samples=args.samples, sampler=args.sampler,
+        window=args.window, slice_margin=args.margin,
+    )
+    last = {"stage": None}
+
+    def progress(stage: str, fraction: float, message: str) -> None:
+        if not args.quiet and (stage != last["stage"] or stage == "segmenting"):
+            print(f"\r[{fraction * 100:5.1f}%] {message:<60}", end="" if stage == "segmenting" else "\n", file=sys.stderr, flush=True)
+        last["stage"] = stage
+
+    summary = run_job(spec, args.out, progress=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"model {summary['model']['name']} ({summary['model']['backbone']}), method {summary['method']}, {summary['seconds']:.1f} s")
+    print(f"{'target':<16}{'found':>7}{'volume':>12}{'review':>8}  files")
+    for t in summary["targets"]:
+        vol = "-" if t["volume_ml"] is None else f"{t['volume_ml']:.2f} mL"
+        print(f"{t['target']:<16}{str(t['found']):>7}{vol:>12}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
+        for w in t["warnings"]:
+            print(f"{'':<16}warning: {w}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .modelpool import ModelPool
+
+    for m in ModelPool().describe():
+        card = m["card"] or {}
+        print(f"{m['name']:<16}{m['backbone'] or '?':<8}{m['size_bytes'] / 1e6:7.1f} MB  sha256 {m['sha256'][:16]}  {card.get('summary', '')}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .settings import Settings, settings_markdown
+
+    if args.markdown:
+        print(settings_markdown(), end="")
+        return 0
+    current = Settings()
+    for name, field in Settings.model_fields.items():
+        print(f"P2SAM_{name.upper():<28}= {getattr(current, name)!s:<24} {field.description}")
+    return 0
+
+
+def _lazy(module: str, function: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).__getattribute__(function)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2sam", description="Patient-adaptive segmentation of follow-up scans with P²SAM.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("example", help="write the bundled synthetic CT case (prior + RTSTRUCT + 2 follow-ups + truth)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_example)
+
+    p = sub.add_parser("segment", help="segment the prior's structure on follow-ups (runs in-process)")
+    p.add_argument("--prior", required=True, help="prior image: DICOM folder/zip/file, NIfTI, PNG/JPEG")
+    p.add_argument("--prior-mask", required=True, help="prior contour: RTSTRUCT, DICOM SEG, NIfTI or PNG")
+    p.add_argument("--roi", help="RTSTRUCT ROI name/number or SEG segment (default: the only one)")
+    p.add_argument("--target", action="append", required=True, help="follow-up image (repeat for several)")
+    p.add_argument("--out", required=True, help="output folder: one subfolder per target")
+    p.add_argument("--model", default="auto", help="model name (p2sam models) or weights file; auto: by image type")
+    p.add_argument("--method", default="p2sam", choices=["p2sam", "fixed", "persam", "direct"])
+    p.add_argument("--samples", type=int, default=None, help="uncertainty samples per target (default P2SAM_N_SAMPLES)")
+    p.add_argument("--sampler", default="prompt_noise", choices=["prompt_noise", "retrieval", "latent", "none"])
+    p.add_argument("--window", default=None, help="CT window: default, lung, soft_tissue, bone or lo,hi (HU)")
+    p.add_argument("--margin", type=int, default=None, help="extra follow-up slices beyond the registered structure")
+    p.add_argument("--outputs", default=None, help="comma list of rtstruct,seg,nifti,samples,preview (default all)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_cmd_segment)
+
+    p = sub.add_parser("models", help="list the models on offer")
+    p.set_defaults(run=_cmd_models)
+
+    p = sub.add_parser("config", help="print every P2SAM_ setting with its current value")
+    p.add_argument("--markdown", action="store_true", help="print docs/settings.md")
+    p.set_defaults(run=_cmd_config)
+
+    p = sub.add_parser("train", help="fine-tune a backbone (full or LoRA) with the interactive protocol")
+    try:
+        from .train import add_train_arguments
+
+        add_train_arguments(p)
+        p.set_defaults(run=_lazy("p2sam.train", "run_train"))
+    except ImportError:  # pragma: no cover - while the training module is absent
+        p.set_defaults(run=lambda a: (print("training is not available in this build"), 2)[1])
+
+    for name, module, help_text in (
+        ("serve", "service.cli", "run the HTTP API (uvicorn)"),
+        ("worker", "worker.cli", "run a Celery worker (one per GPU)"),
+        ("batch", "service.batch_cli", "run or submit a longitudinal batch from a manifest"),
+        ("apikey", "service.cli", "create, list or revoke API keys"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        try:
+            import importlib
+
+            importlib.import_module(module).add_arguments(name, p)
+        except (ImportError, AttributeError):
+            p.set_defaults(run=lambda a, n=name: (print(f"'{n}' is not available in this build"), 2)[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from imaging import ImagingError
+    from models import CheckpointError, EngineInputError
+    from pydantic import ValidationError
+
+    from .modelpool import UnknownModelError
+
+    try:
+        return int(args.run(args) or 0)
+    except (ImagingError, EngineInputError, CheckpointError, UnknownModelError) as exc:
+        print(f"p2sam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"p2sam {args.command}: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Where a follow-up scan turns into a mask: the prior's structure found slice by slice.
+
+For volumes: rigid registration (prior -> follow-up) says which follow-up slices should hold
+the structure (plus ``margin`` slices either side) and which prior slice to use as the
+reference for each; every such slice is segmented with the engine, the prior slice's encoding
+and parts coming from the per-process cache. 2-D pictures and single slices are one slice.
+
+Array order is (z, y, x) everywhere; masks are on the follow-up's own grid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+import imaging
+from imaging import Volume
+from models import P2SAMEngine, Segmentation
+from models.uncertainty import SamplerConfig, sample
+
+from .modelpool import ModelPool
+
+Progress = Callable[[float, str], None]
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+@dataclass
+class SliceResult:
+    z: int  # follow-up slice
+    prior_z: int  # prior slice used as the reference
+    expected: bool  # the registered prior structure lies on this slice (False: margin slice)
+    segmentation: Segmentation
+    sample_dice: float | None = None  # mean pairwise Dice of the uncertainty samples
+
+
+@dataclass
+class FollowupResult:
+    mask: np.ndarray  # (z, y, x) bool
+    probability: np.ndarray  # (z, y, x) float32
+    samples: np.ndarray | None  # (K, z, y, x) bool, or None without sampling
+    slices: list[SliceResult]
+    registration: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def segment_followup(
+    prior: Volume,
+    prior_mask: np.ndarray,
+    target: Volume,
+    engine: P2SAMEngine,
+    pool: ModelPool,
+    model_name: str,
+    method: str = "p2sam",
+    window: str | tuple[float, float] = "default",
+    margin: int = 1,
+    sampler: SamplerConfig | None = None,
+    progress: Progress | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+) -> FollowupResult:
+    """Segment the prior's structure on every follow-up slice that should contain it."""
+    t0 = time.perf_counter()
+    warnings: list[str] = []
+    if prior.is_rgb != target.is_rgb:
+        raise imaging.ImagingError(
+            f"prior is {'an RGB picture' if prior.is_rgb else 'a grey-level image'} but follow-up {target.source or 'target'} "
+            f"is {'an RGB picture' if target.is_rgb else 'a grey-level image'}: they must be the same kind of image")
+    slices, correspondence, registration = _plan(prior, prior_mask, target, margin, warnings)
+    timings = {"registration": time.perf_counter() - t0}
+
+    nz = target.shape[0]
+    mask = np.zeros(target.shape, bool)
+    probability = np.zeros(target.shape, np.float32)
+    k = sampler.k if sampler is not None and sampler.kind != "none" else 0
+    samples = np.zeros((k, *target.shape), bool) if k else None
+    results: list[SliceResult] = []
+    expected = set(slices["expected"])
+    t_seg = time.perf_counter()
+    for i, z in enumerate(slices["all"]):
+        if is_cancelled is not None and is_cancelled():
+            raise JobCancelled()
+        pz = correspondence[z]
+        prior_img = imaging.to_model_input(prior, pz, window)
+        engine_prior = pool.prior(model_name, engine, prior_img, prior_mask[pz])
+        target_img = imaging.to_model_input(target, z, window)
+        enc = engine.encode(target_img)
+        seg = engine.segment(enc, engine_prior, method=method)
+        mask[z] = seg.mask
+        probability[z] = 1.0 / (1.0 + np.exp(-np.clip(seg.logits, -30, 30)))
+        result = SliceResult(z=z, prior_z=pz, expected=z in expected, segmentation=seg)
+        if samples is not None and seg.found:
+            drawn = sample(engine, enc, seg, sampler)
+            samples[:, z] = drawn.masks
+            probability[z] = drawn.probability
+            result.sample_dice = mean_pairwise_dice(drawn.masks)
+        results.append(result)
+        if progress is not None:
+            progress((i + 1) / max(len(slices["all"]), 1), f"slice {i + 1}/{len(slices['all'])}")
+    timings["segmentation"] = time.perf_counter() - t_seg
+    missing = [r.z for r in results if r.expected and not r.segmentation.found]
+    if missing:
+        warnings.append(f"structure not found on {len(missing)} slice(s) where registration expected it: {missing}")
+    if nz > 1 and not mask.any():
+        warnings.append("structure not found on this follow-up")
+    timings["total"] = time.perf_counter() - t0
+    return FollowupResult(mask=mask, probability=probability, samples=samples, slices=results,
+                          registration=registration, warnings=warnings, timings=timings)
+
+
+def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, warnings: list[str]):
+    """Slices to segment (registered structure +- margin) and the prior slice for each."""
+    if prior.is_2d() and target.is_2d():
+        return {"all": [0], "expected": [0]}, [0], {"method": "single_slice"}
+    reg = imaging.register_rigid(prior, target)
+    summary = reg.summary()
+    if reg.quality.label == "poor":
+        warnings.append(f"registration quality is poor (NCC {reg.quality.ncc_after}); check the follow-up slices")
+    expected = reg.target_slices(prior_mask)
+    if not expected:
+        warnings.append("the prior structure maps outside this follow-up volume after registration")
+        return {"all": [], "expected": []}, [], summary
+    lo, hi = max(0, min(expected) - margin), min(target.shape[0] - 1, max(expected) + margin)
+    correspondence = reg.slice_correspondence(prior_mask)
+    return {"all": list(range(lo, hi + 1)), "expected": expected}, correspondence, summary
+
+
+def mean_pairwise_dice(masks: np.ndarray) -> float:
+    """Mean Dice over all pairs of K masks (1.0 when they agree; empty pairs count as 1)."""
+    k = len(masks)
+    if k < 2:
+        return 1.0
+    flat = masks.reshape(k, -1).astype(np.float32)
+    inter = flat @ flat.T
+    sizes = flat.sum(1)
+    total = sizes[:, None] + sizes[None, :]
+    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    iu = np.triu_indices(k, 1)
+    return float(dice[iu].mean())

@@ -1,0 +1,122 @@
+"""Models loaded once per process, engines built on them, encoded priors cached per patient.
+
+A worker process holds one ModelPool: the first job that asks for a model loads it, later
+jobs reuse it; priors (encoding + parts) are kept in an LRU keyed by the model and a digest of
+the prior slice and its mask, so follow-ups of the same patient never re-encode the prior.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import LoadedModel, P2SAMConfig, P2SAMEngine, Prior, load_model
+from models.checkpoints import file_sha256, read_checkpoint
+from models.registry import WEIGHTS_DIR
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger("p2sam.models")
+
+
+class UnknownModelError(ValueError):
+    """A job asked for a model that is not offered."""
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class ModelPool:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.device = pick_device(self.settings.device)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        self._models: dict[str, tuple[LoadedModel, P2SAMEngine]] = {}
+        self._priors: OrderedDict[tuple, Prior] = OrderedDict()
+        self._lock = threading.Lock()
+        self._cards: dict[str, dict[str, Any]] = {}
+
+    # --- which models exist
+    def files(self) -> dict[str, Path]:
+        """Model name -> weights file: bundled ones, then P2SAM_MODELS_DIR (which may override)."""
+        found = {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+        if self.settings.models_dir and Path(self.settings.models_dir).is_dir():
+            found.update({p.stem: p for p in sorted(Path(self.settings.models_dir).glob("*.pt"))})
+        return found
+
+    def resolve(self, name: str, rgb: bool) -> str:
+        if name == "auto":
+            name = self.settings.default_model_rgb if rgb else self.settings.default_model_ct
+        if name not in self.files() and not Path(name).is_file():
+            raise UnknownModelError(f"unknown model '{name}'; available: {', '.join(self.files()) or 'none'}")
+        return name
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Name, file, checksum and model card of every offered model."""
+        out = []
+        for name, path in self.files().items():
+            if name not in self._cards:
+                raw = read_checkpoint(path, allow_pickle=False) if path.stat().st_size < 1 << 30 else {}
+                card = raw.get("card", {}) if isinstance(raw, dict) else {}
+                self._cards[name] = {"name": name, "file": path.name, "backbone": (raw or {}).get("backbone"),
+                                     "sha256": file_sha256(path), "size_bytes": path.stat().st_size, "card": card}
+            out.append(self._cards[name])
+        return out
+
+    # --- loading
+    def get(self, name: str) -> tuple[LoadedModel, P2SAMEngine]:
+        with self._lock:
+            if name not in self._models:
+                path = self.files().get(name) or Path(name)
+                loaded = load_model(path, device=self.device, allow_pickle=self.settings.allow_pickled_checkpoints)
+                engine = P2SAMEngine(loaded.sam, engine_config(loaded.card))
+                self._models[name] = (loaded, engine)
+                log.info("loaded model %s (%s, sha256 %s) on %s", name, loaded.backbone, loaded.sha256[:12], self.device)
+            return self._models[name]
+
+    def prior(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray) -> Prior:
+        """The engine's prior for this slice + mask, from the cache when seen before."""
+        digest = hashlib.sha256(image.tobytes() + np.packbits(mask).tobytes() + str(image.shape).encode()).hexdigest()
+        key = (name, digest, engine.config)
+        with self._lock:
+            if key in self._priors:
+                self._priors.move_to_end(key)
+                return self._priors[key]
+        prior = engine.set_prior(image, mask)
+        with self._lock:
+            self._priors[key] = prior
+            while len(self._priors) > max(1, self.settings.prior_cache_size):
+                self._priors.popitem(last=False)
+        return prior
+
+
+def engine_config(card: dict[str, Any]) -> P2SAMConfig:
+    """Engine settings a model card recommends (e.g. part ranges), over the defaults."""
+    rec = dict(card.get("engine") or {})
+    for key in ("pos_range", "neg_range"):
+        if key in rec:
+            rec[key] = tuple(rec[key])
+    allowed = set(P2SAMConfig.__dataclass_fields__)
+    return P2SAMConfig(**{k: v for k, v in rec.items() if k in allowed})
+
+
+_default: ModelPool | None = None
+
+
+def default_pool() -> ModelPool:
+    """The process-wide pool (one per worker process)."""
+    global _default
+    if _default is None:
+        _default = ModelPool()
+    return _default

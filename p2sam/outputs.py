@@ -1,0 +1,140 @@
+"""Writing one follow-up's results: RTSTRUCT, DICOM SEG, NIfTI, samples, preview, result.json.
+
+Everything for a target is written into a hidden temporary folder beside the final one and
+renamed into place at the end (``os.replace``), so a crash never leaves a half-written result
+that looks finished: a target folder exists only when all its files do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import imaging
+from imaging import Volume
+
+from .followup import FollowupResult
+from .preview import binary_entropy, save_preview
+from .qc import target_qc
+
+RESULT_FILE = "result.json"
+
+
+def target_done(out_dir: Path, name: str) -> dict[str, Any] | None:
+    """The summary of an already finished target, or None (idempotent re-runs skip it)."""
+    result = out_dir / name / RESULT_FILE
+    if result.is_file():
+        try:
+            return json.loads(result.read_text())
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def write_target(
+    out_dir: Path,
+    name: str,
+    target: Volume,
+    result: FollowupResult,
+    outputs: set[str],
+    roi_name: str,
+    provenance: dict[str, Any],
+    window: str | tuple[float, float],
+    min_island_mm2: float,
+) -> dict[str, Any]:
+    """Write every requested artifact for one target; returns the target summary (result.json)."""
+    final = out_dir / name
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files: dict[str, str] = {}
+    notes: list[str] = []
+    version = provenance.get("software_version", "")
+    dicom_ok = target.dicom is not None and target.dicom.headers is not None
+    if "rtstruct" in outputs:
+        if dicom_ok:
+            imaging.write_rtstruct(result.mask, target, tmp / "rtstruct.dcm", roi_name, (255, 0, 0),
+                                   algorithm_name="P2SAM", algorithm_version=version, min_island_area_mm2=min_island_mm2)
+            files["rtstruct"] = "rtstruct.dcm"
+        else:
+            notes.append("rtstruct not written: the follow-up is not a DICOM series")
+    if "seg" in outputs:
+        if dicom_ok:
+            imaging.write_seg(result.mask, target, tmp / "seg.dcm", segment_label=roi_name, algorithm_name="P2SAM", algorithm_version=version)
+            imaging.write_seg(result.probability, target, tmp / "probability_seg.dcm", fractional=True, segment_label=roi_name,
+                              algorithm_name="P2SAM", algorithm_version=version, series_description="P2SAM probability", series_number=903)
+            files["seg"] = "seg.dcm"
+            files["probability_seg"] = "probability_seg.dcm"
+        else:
+            notes.append("seg not written: the follow-up is not a DICOM series")
+    if "nifti" in outputs:
+        imaging.write_nifti(result.mask, target, tmp / "mask.nii.gz")
+        imaging.write_nifti(result.probability, target, tmp / "probability.nii.gz")
+        files["mask"] = "mask.nii.gz"
+        files["probability"] = "probability.nii.gz"
+        if target.is_2d():
+            imaging.write_picture_mask(result.mask[0], tmp / "mask.png")
+            files["mask_png"] = "mask.png"
+    if "samples" in outputs and result.samples is not None:
+        imaging.write_nifti(result.samples, target, tmp / "samples.nii.gz")
+        files["samples"] = "samples.nii.gz"
+    qc = target_qc(result, target)
+    if "preview" in outputs:
+        _preview(tmp / "preview.png", target, result, window, name)
+        files["preview"] = "preview.png"
+    summary = {
+        "target": name,
+        "found": bool(result.mask.any()),
+        "qc": qc,
+        "registration": result.registration,
+        "slices": [_slice_summary(s) for s in result.slices],
+        "warnings": result.warnings + notes,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "files": files,
+        **provenance,
+    }
+    (tmp / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return summary
+
+
+def _slice_summary(s) -> dict[str, Any]:
+    d = s.segmentation.to_dict()
+    d.update({"z": s.z, "prior_z": s.prior_z, "expected": s.expected, "sample_dice": s.sample_dice})
+    return d
+
+
+def _preview(path: Path, target: Volume, result: FollowupResult, window, name: str) -> None:
+    areas = result.mask.reshape(result.mask.shape[0], -1).sum(1)
+    if areas.any():
+        z = int(np.argmax(areas))
+    elif result.slices:
+        z = result.slices[len(result.slices) // 2].z
+    else:
+        z = target.shape[0] // 2
+    seg = next((s.segmentation for s in result.slices if s.z == z), None)
+    best = seg.best if seg is not None else None
+    picture = imaging.to_model_input(target, z, window)
+    title = f"{name}  slice {z}  " + (f"parts {best.n_pos}+{best.n_neg}" if best else "not found")
+    save_preview(path, picture, result.mask[z], result.probability[z],
+                 best.points if best else None, best.labels if best else None, title=title)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+__all__ = ["RESULT_FILE", "target_done", "write_target", "binary_entropy"]

@@ -1,0 +1,158 @@
+"""The one job function: the CLI, the embedded service, the Celery task and the benchmarks call it.
+
+    summary = run_job(spec, out_dir)   # spec: JobSpec; writes out_dir/<target>/...
+
+Reads the prior and its contour, loads the model (once per process), then for every follow-up
+runs ``followup.segment_followup`` and ``outputs.write_target``. Finished targets are skipped on
+a re-run (each target folder appears atomically), so a retried or redelivered job continues
+where it stopped and never writes a second set of outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import imaging
+import p2sam
+from models.uncertainty import SamplerConfig
+
+from .followup import JobCancelled, segment_followup
+from .modelpool import ModelPool, default_pool
+from .outputs import target_done, write_target
+from .settings import Settings, get_settings
+from .spec import JobSpec, window_arg
+
+log = logging.getLogger("p2sam.pipeline")
+
+# progress(stage, fraction of the whole job in [0, 1], message)
+ProgressFn = Callable[[str, float, str], None]
+
+__all__ = ["JobCancelled", "run_job", "target_names"]
+
+
+def target_names(spec: JobSpec) -> list[str]:
+    """Output folder names: given names, else from the paths; made unique."""
+    names, seen = [], set()
+    for i, t in enumerate(spec.targets):
+        base = t.name or _stem(t.path) or f"target{i + 1}"
+        name, n = base, 2
+        while name in seen:
+            name, n = f"{base}-{n}", n + 1
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _stem(path: str) -> str:
+    name = Path(path.rstrip("/")).name
+    for suffix in (".nii.gz", ".nii", ".zip", ".dcm", ".png", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".-")
+    return name[:64]
+
+
+def run_job(
+    spec: JobSpec,
+    out_dir: str | Path,
+    pool: ModelPool | None = None,
+    progress: ProgressFn | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Segment every target of ``spec``; returns the job summary (also in each result.json)."""
+    settings = settings or get_settings()
+    pool = pool or default_pool()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda stage, fraction, message: None)
+    t0 = time.perf_counter()
+
+    report("reading", 0.0, "reading the prior")
+    prior = imaging.read_image(spec.prior_image)
+    prior_mask = imaging.read_mask(spec.prior_mask, prior, _roi_arg(spec.roi))
+    if not prior_mask.any():
+        raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
+    roi_name = spec.roi_name_out or (spec.roi if spec.roi and not spec.roi.isdigit() else "GTV")
+
+    report("loading", 0.02, "loading the model")
+    model_name = pool.resolve(spec.model, prior.is_rgb)
+    loaded, engine = pool.get(model_name)
+    window = window_arg(spec.window or settings.window)
+    n_samples = settings.n_samples if spec.n_samples is None else spec.n_samples
+    sampler = SamplerConfig(kind=spec.sampler if n_samples else "none", k=n_samples)
+    provenance = {
+        "software_version": p2sam.__version__,
+        "model": {"name": model_name, "backbone": loaded.backbone, "sha256": loaded.sha256},
+        "method": spec.method,
+        "engine": _config_dict(engine.config),
+        "sampler": {"kind": sampler.kind, "k": sampler.k},
+    }
+
+    names = target_names(spec)
+    targets: list[dict[str, Any]] = []
+    n = len(spec.targets)
+    for i, (target_spec, name) in enumerate(zip(spec.targets, names)):
+        if is_cancelled is not None and is_cancelled():
+            raise JobCancelled()
+        start, span = 0.05 + 0.95 * i / n, 0.95 / n
+        done = target_done(out_dir, name)
+        if done is not None:
+            log.info("target %d/%d already finished, skipped", i + 1, n)
+            targets.append(done)
+            continue
+        report("reading", start, f"target {i + 1}/{n}: reading")
+        target = imaging.read_image(target_spec.path)
+        report("segmenting", start + 0.05 * span, f"target {i + 1}/{n}: segmenting")
+        result = segment_followup(
+            prior, prior_mask, target, engine, pool, model_name,
+            method=spec.method, window=window,
+            margin=settings.slice_margin if spec.slice_margin is None else spec.slice_margin,
+            sampler=sampler,
+            progress=lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
+            is_cancelled=is_cancelled,
+        )
+        report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
+        targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2))
+    report("done", 1.0, "finished")
+    return {
+        **provenance,
+        "targets": [_brief(t) for t in targets],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _roi_arg(roi: str | None) -> str | int | None:
+    return int(roi) if roi is not None and roi.isdigit() else roi
+
+
+def _config_dict(cfg) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the job record keeps per target (the full detail stays in result.json)."""
+    qc = summary.get("qc", {})
+    return {
+        "target": summary["target"],
+        "found": summary.get("found"),
+        "volume_ml": qc.get("volume_ml"),
+        "review": qc.get("review"),
+        "flagged_slices": [f["z"] for f in qc.get("flagged_slices", [])],
+        "files": summary.get("files", {}),
+        "warnings": summary.get("warnings", []),
+    }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice = 2TP / (2TP + FP + FN); two empty masks score 1."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)

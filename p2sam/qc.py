@@ -1,0 +1,52 @@
+"""Quality-control numbers for one follow-up: volume, its uncertainty, and slices to review.
+
+Thresholds are module constants (chosen on development data, see bench.uncertainty) so the
+reasons a slice is flagged are stated, not hidden.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from imaging import Volume
+
+from .followup import FollowupResult
+from .preview import binary_entropy
+
+# A slice is flagged for review when its uncertainty samples agree less than this
+# (mean pairwise Dice) ...
+MIN_SAMPLE_DICE = 0.85
+# ... or when the structure was expected there (registration) and not found.
+
+
+def target_qc(result: FollowupResult, target: Volume) -> dict[str, Any]:
+    voxel_ml = float(np.prod(target.spacing)) / 1000.0
+    area_mm2 = target.voxel_area_mm2()
+    qc: dict[str, Any] = {
+        "volume_ml": float(result.mask.sum() * voxel_ml),
+        "area_mm2_per_slice": {int(z): float(result.mask[z].sum() * area_mm2) for z in np.flatnonzero(result.mask.any(axis=(1, 2)))},
+        "slices_segmented": [s.z for s in result.slices],
+    }
+    region = result.mask.copy()
+    if result.samples is not None and len(result.samples):
+        region |= result.samples.any(axis=0)
+        volumes = result.samples.reshape(len(result.samples), -1).sum(1) * voxel_ml
+        qc["expected_volume_ml"] = float(volumes.mean())
+        qc["volume_interval_90_ml"] = [float(np.percentile(volumes, 5)), float(np.percentile(volumes, 95))]
+        dices = [s.sample_dice for s in result.slices if s.sample_dice is not None]
+        qc["mean_sample_dice"] = float(np.mean(dices)) if dices else None
+    qc["mean_entropy_bits"] = float(binary_entropy(result.probability[region]).mean()) if region.any() else 0.0
+    flagged = []
+    for s in result.slices:
+        reasons = []
+        if s.expected and not s.segmentation.found:
+            reasons.append("expected but not found")
+        if s.sample_dice is not None and s.sample_dice < MIN_SAMPLE_DICE:
+            reasons.append(f"samples disagree (mean pairwise Dice {s.sample_dice:.2f})")
+        if reasons:
+            flagged.append({"z": s.z, "reasons": reasons})
+    qc["flagged_slices"] = flagged
+    qc["review"] = bool(flagged) or result.registration.get("quality") == "poor"
+    return qc

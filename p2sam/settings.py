@@ -1,0 +1,71 @@
+"""All settings, from environment variables prefixed ``P2SAM_`` — the one place they are defined.
+
+``p2sam config`` prints every setting with its current value and description; docs/settings.md
+is generated from this class (a test keeps it in sync).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="P2SAM_", extra="ignore")
+
+    # --- where things live
+    data_dir: Path = Field(Path(".p2sam-data"), description="Job store, uploads and results (a shared volume when workers run elsewhere).")
+    models_dir: Path | None = Field(None, description="Extra weights files (*.pt) offered besides the bundled ones; the file stem is the model name.")
+
+    # --- execution
+    broker_url: str | None = Field(None, description="Celery broker (e.g. redis://redis:6379/0). Absent: embedded mode, jobs run in-process.")
+    device: str = Field("auto", description="torch device for the model: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    threads: int = Field(0, description="CPU threads for torch (0: torch's default).")
+    default_model_ct: str = Field("ct_phantom", description="Model for grey-level (CT) inputs when a job says model=auto.")
+    default_model_rgb: str = Field("kvasir", description="Model for RGB (endoscopy) inputs when a job says model=auto.")
+    allow_pickled_checkpoints: bool = Field(False, description="Allow checkpoints holding pickled Python objects (can run code: only for files you trust).")
+    prior_cache_size: int = Field(32, description="Encoded priors kept per worker process (per patient and prior slice).")
+    job_soft_time_limit_s: int = Field(1800, description="A job is asked to stop (and fails with a timeout) after this many seconds.")
+    job_hard_time_limit_s: int = Field(2100, description="A job's worker process is killed after this many seconds.")
+    visibility_timeout_s: int = Field(7200, description="Redis visibility timeout: a job unacknowledged this long is redelivered (must exceed the hard limit).")
+
+    # --- segmentation defaults
+    slice_margin: int = Field(1, ge=0, le=10, description="Follow-up slices beyond the registered prior structure that are also segmented.")
+    n_samples: int = Field(16, ge=0, le=64, description="Uncertainty samples per target by default.")
+    window: str = Field("default", description="CT window preset: default ([-910, 590] HU), lung, soft_tissue, or 'lo,hi'.")
+    min_island_mm2: float = Field(2.0, ge=0, description="Contour islands smaller than this (mm^2) are dropped from RTSTRUCTs.")
+
+    # --- the API
+    host: str = Field("127.0.0.1", description="Address `p2sam serve` listens on.")
+    port: int = Field(8000, description="Port `p2sam serve` listens on.")
+    auth: Literal["apikey", "none"] = Field("apikey", description="apikey: every request needs an API key (X-API-Key or Bearer); none: no auth (local use only).")
+    max_upload_mb: int = Field(512, ge=1, description="Largest accepted upload (MB); larger requests get 413.")
+    retention_hours: float = Field(72.0, ge=0, description="Inputs and results of finished jobs are purged after this many hours (0: never).")
+    log_level: str = Field("INFO", description="Logging level. Logs never contain patient identifiers.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings table (docs/settings.md)."""
+    lines = [
+        "# Settings",
+        "",
+        "Every setting is an environment variable with the prefix `P2SAM_` (generated from",
+        "`p2sam/settings.py`; `p2sam config` prints the current values).",
+        "",
+        "| variable | default | description |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(unset)" if default is None else f"`{default}`"
+        lines.append(f"| `P2SAM_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines) + "\n"

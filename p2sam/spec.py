@@ -1,0 +1,60 @@
+"""What a segmentation job is: the one request shape shared by the CLI, the API and the workers.
+
+Paths are local files or folders (the service turns upload ids into paths under its data
+directory before a job runs). Only small JSON travels through the broker; images stay on disk.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+OutputName = Literal["rtstruct", "seg", "nifti", "samples", "preview"]
+ALL_OUTPUTS: tuple[OutputName, ...] = ("rtstruct", "seg", "nifti", "samples", "preview")
+Method = Literal["p2sam", "fixed", "persam", "direct"]
+Sampler = Literal["prompt_noise", "retrieval", "latent", "none"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TargetSpec(BaseModel):
+    """One follow-up image (DICOM series folder/zip/files, NIfTI, PNG/JPEG)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    name: str | None = Field(None, description="Output folder name (default: from the path)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError("target name: 1-64 characters of letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+        return v
+
+
+class JobSpec(BaseModel):
+    """A prior (image + contour) and follow-ups to segment the same structure on."""
+
+    model_config = ConfigDict(extra="forbid")
+    prior_image: str
+    prior_mask: str = Field(description="RTSTRUCT, DICOM SEG, NIfTI or PNG mask of the prior")
+    roi: str | None = Field(None, description="RTSTRUCT ROI name/number, SEG segment, or NIfTI label; default: the only one")
+    targets: list[TargetSpec] = Field(min_length=1, max_length=64)
+    outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS))
+    model: str = Field("auto", description="Model name (see `p2sam models`), or auto (by image type)")
+    method: Method = "p2sam"
+    n_samples: int | None = Field(None, ge=0, le=64, description="Uncertainty samples per target (default: P2SAM_N_SAMPLES)")
+    sampler: Sampler = "prompt_noise"
+    window: str | None = Field(None, description="CT window preset or 'lo,hi' HU (default: P2SAM_WINDOW)")
+    slice_margin: int | None = Field(None, ge=0, le=10)
+    roi_name_out: str | None = Field(None, max_length=64, description="ROI name in the output RTSTRUCT (default: the prior's)")
+
+
+def window_arg(value: str) -> str | tuple[float, float]:
+    """'default' / 'lung' / ... or 'lo,hi' -> what imaging.window takes."""
+    if "," in value:
+        lo, hi = value.split(",", 1)
+        return float(lo), float(hi)
+    return value
