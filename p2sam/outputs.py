@@ -49,8 +49,9 @@ def write_target(
 ) -> dict[str, Any]:
     """Write every requested artifact for one target; returns the target summary (result.json)."""
     final = out_dir / name
+    for stale in out_dir.glob(f".{name}.tmp-*"):  # left by a crashed earlier attempt
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, str] = {}
     notes: list[str] = []
