@@ -161,21 +161,26 @@ def make_case(seed: int = 0, n_visits: int = 3, shape: tuple[int, int, int] = (1
     return PhantomCase(seed=seed, images=images, gtv=masks, poses=poses, lesion_site=site)
 
 
-def iter_training_slices(n_cases: int, seed: int = 0, size: int = 128, slices_per_case: int = 3,
-                         preset: "str | tuple[float, float]" = "default") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(image (H, W, 3) uint8 windowed with preset, lesion mask (H, W) bool)`` for
-    ``n_cases`` random cases (axial slices through the lesion, H = W = ``size``), with
-    varied body size, pixel spacing (1.8-3.0 mm), noise, lesion size/shape/site/contrast.
-    Only 2-D planes are rendered, so this is cheap."""
-    for i in range(n_cases):
+def iter_training_slices(n_cases: int | None = None, seed: int = 0, size: int = 128, slices_per_case: int = 3,
+                         preset: "str | tuple[float, float]" = "default",
+                         count: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(image (H, W, 3) uint8 windowed with preset, lesion mask (H, W) bool)``:
+    axial slices through the lesion of random cases (H = W = ``size``), with varied body
+    size, pixel spacing (1.8-3.0 mm), noise, lesion size/shape/site/contrast. Stops after
+    ``n_cases`` cases and/or ``count`` pairs (endless when both are None). Only 2-D planes
+    are rendered, so this is cheap (~10 ms a pair)."""
+    i, produced = 0, 0
+    while (n_cases is None or i < n_cases) and (count is None or produced < count):
         rng = np.random.default_rng([seed, i, 7])
+        i += 1
         anat = _anatomy(rng)
         _, (state,) = _lesion_states(rng, anat, 1)
         pose, noise_hu, px = _pose(rng), rng.uniform(6, 30), rng.uniform(1.8, 3.0)
         cz, rz = state["centre"][2] + pose["translation_mm"][2], state["axes"][2]
         for z in cz + rng.uniform(-0.7, 0.7, size=slices_per_case) * rz:
             hu, gtv = _render(anat, state, pose, _grid((1, size, size), (px, px, 1.0), float(z)), rng, noise_hu)
-            if gtv.any():
+            if gtv.any() and (count is None or produced < count):
+                produced += 1
                 yield np.repeat(window(hu[0], preset)[:, :, None], 3, axis=2), gtv[0]
 
 

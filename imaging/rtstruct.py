@@ -149,7 +149,10 @@ def read_rtstruct_roi(path, image: Volume, roi: "str | int | None" = None, *,
     if result.skipped:
         result.notes.append(f"{result.skipped} contour(s) lie outside the image slices and were skipped")
     if result.by_position and not missing:
-        result.notes.append(f"{result.by_position} contour(s) without image reference placed by position")
+        why = "the image has no DICOM identity" if not sop_index else "contours without image reference"
+        result.notes.append(f"{result.by_position} contour(s) placed by position along the slice normal ({why})")
+    if img_for is None:
+        result.notes.append("the image has no Frame of Reference: the RTSTRUCT's could not be checked")
     for k, polys in per_slice.items():
         result.mask[k] = rings_to_mask(polys, image.shape[1:])
     if not result.mask.any():

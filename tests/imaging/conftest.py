@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from imaging import Volume, read_image, write_dicom_series
@@ -81,6 +82,11 @@ def dicom_image(tmp_path):
     return make
 
 
+def dciodvfy_errors(exe: str, path: Path) -> list[str]:
+    out = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
 @pytest.fixture(scope="session")
 def dciodvfy():
     """Return check(path): dciodvfy must report no 'Error' line. Skips if not installed."""
@@ -88,19 +94,10 @@ def dciodvfy():
     if exe is None:
         pytest.skip("dciodvfy not installed (Debian package dicom3tools; CI installs it)")
 
-    def check(path: Path) -> list[str]:
-        out = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
-        lines = (out.stdout + out.stderr).splitlines()
-        errors = [line for line in lines if line.startswith("Error")]
+    def check(path: Path) -> None:
+        errors = dciodvfy_errors(exe, path)
         assert not errors, f"dciodvfy reports errors for {Path(path).name}: {errors}"
-        return lines
     return check
-
-
-@pytest.fixture(scope="session")
-def dicom_data() -> Path:
-    """../shared/data/dicom (skip with a message when absent)."""
-    return shared_data("dicom")
 
 
 @pytest.fixture
@@ -110,9 +107,31 @@ def dciodvfy_optional():
     exe = shutil.which("dciodvfy")
 
     def check(path: Path) -> None:
-        if exe is None:
-            return
-        out = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=120)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-        assert not errors, f"dciodvfy reports errors for {Path(path).name}: {errors}"
+        if exe is not None:
+            errors = dciodvfy_errors(exe, path)
+            assert not errors, f"dciodvfy reports errors for {Path(path).name}: {errors}"
     return check
+
+
+@pytest.fixture(autouse=True)
+def every_written_rtstruct_and_seg_passes_dciodvfy(tmp_path):
+    """After each test, validate every RTSTRUCT and SEG it wrote under tmp_path (when
+    dciodvfy is installed)."""
+    yield
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        return
+    for f in sorted(tmp_path.rglob("*.dcm")):
+        try:
+            modality = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+        except Exception:
+            continue
+        if modality in ("RTSTRUCT", "SEG"):
+            errors = dciodvfy_errors(exe, f)
+            assert not errors, f"dciodvfy reports errors for {f.name}: {errors}"
+
+
+@pytest.fixture(scope="session")
+def dicom_data() -> Path:
+    """../shared/data/dicom (skip with a message when absent)."""
+    return shared_data("dicom")

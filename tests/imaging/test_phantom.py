@@ -86,3 +86,9 @@ def test_lesion_is_visible_in_the_default_window(seed):
         ring[k] = ndimage.binary_dilation(gtv[k], iterations=3) & ~ndimage.binary_dilation(gtv[k])
     contrast = abs(ct.array[gtv].mean() - ct.array[ring].mean())
     assert contrast > 60, f"seed {seed}: lesion contrast {contrast:.0f} HU ({case.lesion_site})"
+
+
+def test_training_slices_by_count():
+    pairs = list(iter_training_slices(count=5, seed=1, size=48))
+    assert len(pairs) == 5
+    assert np.array_equal(pairs[0][1], next(iter_training_slices(1, seed=1, size=48))[1])
