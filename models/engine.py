@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from .cascade import CascadeInput, run_cascade
 from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
 from .parts import argmax_xy, kmeans_prototypes, mask_to_grid, similarity_maps
+from .regraf import RegrafConfig, refine_points
 from .retrieval import Cost, pick_best, wasserstein
 
 Method = Literal["p2sam", "fixed", "persam", "direct"]
@@ -53,6 +54,7 @@ class P2SAMConfig:
     guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
     direct_candidate: bool = False  # also offer the no-prompt prediction to retrieval
     batched: bool = True  # one decoder call per cascade step for all candidates
+    regraf: RegrafConfig | None = None  # ReGRAF prompt refinement of the chosen candidate (off by default)
 
     @property
     def multimask(self) -> bool:
@@ -103,6 +105,7 @@ class Candidate:
     iou_pred: float = 0.0
     cells: int = 0  # feature-grid cells inside the candidate mask
     box: np.ndarray | None = None  # step-(c) box (x0, y0, x1, y1), original pixels
+    unrefined_points: np.ndarray | None = None  # the points before ReGRAF refinement, if it ran
 
     def to_dict(self) -> dict:
         return {
@@ -114,6 +117,7 @@ class Candidate:
             "iou_pred": self.iou_pred,
             "cells": self.cells,
             "box": None if self.box is None else self.box.tolist(),
+            "unrefined_points": None if self.unrefined_points is None else self.unrefined_points.tolist(),
         }
 
 
@@ -284,6 +288,10 @@ class P2SAMEngine:
             chosen = pick_best([c.distance for c in cands])
         else:
             chosen = 0 if cands[0].cells > 0 or method == "direct" else None
+        if cfg.regraf is not None and method != "direct" and chosen is not None and chosen < len(inputs):
+            t = time.perf_counter()
+            low_res, iou = self._regraf(enc, prior, cands, inputs, chosen, low_res, iou, guided)
+            timings["regraf"] = time.perf_counter() - t
         t = time.perf_counter()
         if chosen is None:
             h, w = enc.original_size
@@ -355,6 +363,25 @@ class P2SAMEngine:
             cands.append(Candidate(n_pos, len(neg_xy), points, labels))
             inputs.append(CascadeInput(points=points, labels=labels, attn_sim=attn_sim))
         return cands, inputs
+
+    def _regraf(self, enc, prior, cands, inputs, chosen, low_res, iou, guided):
+        """Refine the chosen candidate's prompts (ReGRAF) and decode them on the original features."""
+        cfg, cand = self.config, cands[chosen]
+        pos = prior.parts(cand.n_pos)
+        neg = prior.parts(cand.n_neg, background=True) if (cand.n_neg and not guided) else None
+        points, labels = refine_points(self.sam, enc.features, enc.input_size, enc.original_size, pos, neg,
+                                       cand.points, cand.labels, argmin_negative=guided, cfg=cfg.regraf)
+        target_embedding = prior.mean_embedding.reshape(1, 1, -1) if guided else None
+        out = run_cascade(self.sam, enc.features, [CascadeInput(points, labels, inputs[chosen].attn_sim)],
+                          enc.input_size, enc.original_size, multimask=cfg.multimask,
+                          target_embedding=target_embedding, guidance=cfg.guidance)
+        cand.unrefined_points, cand.points, cand.labels, cand.box = cand.points, points, labels, out.boxes[0]
+        low_res, iou = low_res.clone(), iou.clone()
+        low_res[chosen], iou[chosen, 0] = out.low_res[0], out.iou[0]
+        on_grid = logits_on_grid(low_res[chosen : chosen + 1], self.grid)[0] > 0
+        cand.iou_pred, cand.cells = float(out.iou[0]), int(on_grid.sum())
+        cand.distance = wasserstein(prior.fg_features, enc.features[0].permute(1, 2, 0)[on_grid], cfg.cost)
+        return low_res, iou
 
     def _attention_bias(self, sim: torch.Tensor) -> torch.Tensor:
         """PerSAM's target-guided attention: sigmoid of the standardised similarity on the grid."""

@@ -130,3 +130,21 @@ def test_natural_mode_uses_argmin_negative_and_multimask(case):
     assert engine.config.multimask
     neg = result.candidates[0].points[result.candidates[0].labels == 0][0]
     assert 46 <= neg[0] <= 61 and 46 <= neg[1] <= 61, neg
+
+
+def test_regraf_refines_the_chosen_candidate(small_engine, case):
+    from models.regraf import RegrafConfig
+
+    img, mask, target = case
+    prior = small_engine.set_prior(img, mask)
+    plain = small_engine.segment(target, prior)
+    refined_engine = small_engine.with_config(regraf=RegrafConfig(eta=50.0, gamma=0.0))
+    refined = refined_engine.segment(target, prior)
+    best = refined.best
+    assert best.unrefined_points is not None and np.array_equal(best.unrefined_points, plain.best.points)
+    assert "regraf" in refined.timings
+    assert len(best.points) == len(best.unrefined_points) and best.labels.tolist() == plain.best.labels.tolist()
+    again = refined_engine.segment(target, prior)  # seeded noise: deterministic
+    assert np.array_equal(again.mask, refined.mask) and np.array_equal(again.best.points, best.points)
+    moved = not np.array_equal(best.points, best.unrefined_points)
+    assert moved, "a large step size must move at least one prompt"
