@@ -6,6 +6,9 @@ Samplers (training-free):
   explore the prompt neighbourhood better). ``scale`` is relative to the embeddings' std.
 - ``retrieval``: the retrieval candidates as a posterior, weights softmax(-(W - W_min) / tau),
   tau relative to W_min; K draws from it.
+Learned:
+- ``latent``: a Probabilistic-SAM latent head (models/latent.py); K draws from its prior net give
+  K offsets added to the final step's sparse prompt tokens.
 Shapes: samples K x H x W bool at the target's original size.
 """
 
@@ -44,11 +47,9 @@ def empty_samples(seg: Segmentation, k: int) -> Samples:
     return Samples(masks=np.zeros((k, h, w), bool), probability=np.zeros((h, w), np.float32))
 
 
-@torch.inference_mode()
-def prompt_noise_samples(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, cfg: SamplerConfig) -> Samples:
+def final_step_prompts(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, k: int):
+    """The chosen candidate's final-step prompts (points + box + its logits as mask prompt), K times."""
     best = seg.best
-    if best is None or cfg.k == 0 or len(best.points) == 0:
-        return empty_samples(seg, cfg.k)
     sam, device = engine.sam, engine.device
     transform = ResizeLongestSide(sam.image_encoder.img_size)
     pts = torch.as_tensor(transform.apply_coords(best.points.astype(np.float64), enc.original_size), dtype=torch.float, device=device)
@@ -56,14 +57,42 @@ def prompt_noise_samples(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentati
     box = None
     if best.box is not None:
         box = torch.as_tensor(transform.apply_boxes(best.box[None], enc.original_size)[0], dtype=torch.float, device=device)
-    mask_in = seg.candidate_logits[seg.chosen : seg.chosen + 1].expand(cfg.k, -1, -1, -1)
-    prompts = encode_prompts(sam, [pts] * cfg.k, [labs] * cfg.k, boxes=[box] * cfg.k, mask_inputs=mask_in)
-    noise = _student_t(prompts.sparse.shape, cfg.df, cfg.seed).to(device)
-    prompts.sparse = prompts.sparse + cfg.scale * prompts.sparse.std() * noise
-    low, _ = decode(sam, enc.features, prompts, multimask=False)
-    logits = upscale_logits(sam, low, enc.input_size, enc.original_size)[:, 0]
+    mask_in = seg.candidate_logits[seg.chosen : seg.chosen + 1].expand(k, -1, -1, -1)
+    return encode_prompts(sam, [pts] * k, [labs] * k, boxes=[box] * k, mask_inputs=mask_in)
+
+
+def _decode_samples(engine: P2SAMEngine, enc: EncodedImage, prompts) -> Samples:
+    low, _ = decode(engine.sam, enc.features, prompts, multimask=False)
+    logits = upscale_logits(engine.sam, low, enc.input_size, enc.original_size)[:, 0]
     probs = torch.sigmoid(logits)
     return Samples(masks=(logits > 0).cpu().numpy(), probability=probs.mean(0).float().cpu().numpy())
+
+
+def _usable(seg: Segmentation, cfg: SamplerConfig) -> bool:
+    return seg.best is not None and cfg.k > 0 and len(seg.best.points) > 0
+
+
+@torch.inference_mode()
+def prompt_noise_samples(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, cfg: SamplerConfig) -> Samples:
+    if not _usable(seg, cfg):
+        return empty_samples(seg, cfg.k)
+    prompts = final_step_prompts(engine, enc, seg, cfg.k)
+    noise = _student_t(prompts.sparse.shape, cfg.df, cfg.seed).to(engine.device)
+    prompts.sparse = prompts.sparse + cfg.scale * prompts.sparse.std() * noise
+    return _decode_samples(engine, enc, prompts)
+
+
+@torch.inference_mode()
+def latent_samples(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, cfg: SamplerConfig, head) -> Samples:
+    """K draws from the latent head's prior net, each added to the final-step prompt tokens."""
+    if not _usable(seg, cfg):
+        return empty_samples(seg, cfg.k)
+    prompts = final_step_prompts(engine, enc, seg, cfg.k)
+    prior = head.prior(enc.features)
+    eps = torch.from_numpy(np.random.default_rng(cfg.seed).standard_normal((cfg.k, head.latent_dim)).astype(np.float32)).to(engine.device)
+    z = prior.base_dist.loc + prior.base_dist.scale * eps
+    prompts.sparse = prompts.sparse + head.offset(z)
+    return _decode_samples(engine, enc, prompts)
 
 
 def _student_t(shape, df: float, seed: int) -> torch.Tensor:
@@ -90,11 +119,15 @@ def retrieval_samples(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation,
     return Samples(masks=masks[draws], probability=probability, weights=weights)
 
 
-def sample(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, cfg: SamplerConfig) -> Samples:
+def sample(engine: P2SAMEngine, enc: EncodedImage, seg: Segmentation, cfg: SamplerConfig, latent_head=None) -> Samples:
     if cfg.kind == "prompt_noise":
         return prompt_noise_samples(engine, enc, seg, cfg)
     if cfg.kind == "retrieval":
         return retrieval_samples(engine, enc, seg, cfg)
+    if cfg.kind == "latent":
+        if latent_head is None:
+            raise ValueError("the latent sampler needs a trained latent head for this model (p2sam train-latent)")
+        return latent_samples(engine, enc, seg, cfg, latent_head)
     if cfg.kind == "none":
         return empty_samples(seg, 0)
-    raise ValueError(f"unknown sampler '{cfg.kind}' (prompt_noise, retrieval, none)")
+    raise ValueError(f"unknown sampler '{cfg.kind}' (prompt_noise, retrieval, latent, none)")
