@@ -75,14 +75,19 @@ def series_date_time(ds: Dataset) -> None:
     ds.SeriesTime = now.strftime("%H%M%S")
 
 
-def ds_text(value: float) -> str:
-    """A number as DICOM DS text (<= 16 chars), 0.1 micrometre resolution."""
-    s = f"{float(value):.4f}".rstrip("0").rstrip(".")
-    return "0" if s in ("-0", "", "-") else s
+def ds_text(value: float, decimals: int = 4) -> str:
+    """A number as DICOM DS text (<= 16 chars) with at most ``decimals`` decimals (default
+    0.1 micrometre for mm positions; use 8-10 for direction cosines and pixel spacing)."""
+    value = float(value)
+    for d in range(decimals, -1, -1):
+        s = f"{value:.{d}f}".rstrip("0").rstrip(".") if d else f"{value:.0f}"
+        if len(s) <= 16:
+            return "0" if s in ("-0", "", "-") else s
+    raise ValueError(f"{value} does not fit a DICOM DS")
 
 
-def ds_list(values: np.ndarray) -> list[str]:
-    return [ds_text(v) for v in np.asarray(values, dtype=float).ravel()]
+def ds_list(values: np.ndarray, decimals: int = 4) -> list[str]:
+    return [ds_text(v, decimals) for v in np.asarray(values, dtype=float).ravel()]
 
 
 def save(ds: Dataset, path: "str | Path") -> Path:

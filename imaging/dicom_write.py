@@ -69,7 +69,7 @@ def write_dicom_series(volume: Volume, out_dir, patient: dict[str, Any] | None =
                      sop_instance_uids=[], sop_class_uids=[],
                      patient_study={k: v for k, v in ps.items() if k in PATIENT_STUDY_KEYWORDS},
                      series_description=series_description, series_number=series_number, headers=[], files=[])
-    iop = dc.ds_list(vol.direction[:, :2].T.ravel().round(8))
+    iop = dc.ds_list(vol.direction[:, :2].T.ravel(), decimals=10)
     for k in range(vol.shape[0]):
         ds = dc.new_dataset(CTImageStorage, uid(f"sop{k}"))
         dc.copy_patient_study(ds, info)
@@ -91,9 +91,9 @@ def write_dicom_series(volume: Volume, out_dir, patient: dict[str, Any] | None =
         ds.AcquisitionNumber = 1
         ds.ImagePositionPatient = dc.ds_list(vol.index_to_world(np.array([k, 0, 0])))
         ds.ImageOrientationPatient = iop
-        ds.PixelSpacing = dc.ds_list([vol.spacing[1], vol.spacing[0]])
-        ds.SliceThickness = dc.ds_text(vol.spacing[2])
-        ds.SpacingBetweenSlices = dc.ds_text(vol.spacing[2])
+        ds.PixelSpacing = dc.ds_list([vol.spacing[1], vol.spacing[0]], decimals=10)
+        ds.SliceThickness = dc.ds_text(vol.spacing[2], decimals=10)
+        ds.SpacingBetweenSlices = dc.ds_text(vol.spacing[2], decimals=10)
         ds.KVP = ""
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"

@@ -68,16 +68,21 @@ def _to_zyx(data: np.ndarray, name: str) -> np.ndarray:
 
 
 def read_nifti(path) -> Volume:
-    """A 3-D NIfTI image -> Volume (float32, LPS geometry). A 4-D file must hold one volume."""
+    """A 3-D NIfTI image -> Volume (float32, LPS geometry). A 4-D file must hold one volume.
+    ``modality`` is "CT" when values go below -200 (taken as HU), else "OT"."""
     path, img, data = _load(path)
     arr = _to_zyx(data, path.name)
     if arr.ndim == 4:
         if arr.shape[0] != 1:
             raise UnsupportedFileError(f"{path.name}: holds {arr.shape[0]} volumes; give a single 3-D image")
         arr = arr[0]
-    slope, inter = img.header.get_slope_inter() if hasattr(img.header, "get_slope_inter") else (None, None)
-    arr = arr.astype(np.float32) * np.float32(slope or 1.0) + np.float32(inter or 0.0)
-    return Volume(array=arr, modality="OT", source=path.name, **_geometry(img, path.name))
+    arr = arr.astype(np.float32)  # nibabel has applied scl_slope / scl_inter already
+    # NIfTI has no modality; CT is the only common one with values far below zero (air = -1000 HU)
+    ct = arr.size > 0 and float(arr.min()) < -200
+    volume = Volume(array=arr, modality="CT" if ct else "OT", source=path.name, **_geometry(img, path.name))
+    if ct:
+        volume.notes.append("NIfTI has no modality: treated as CT in HU because values go below -200")
+    return volume
 
 
 def _resample(values: np.ndarray, src: Volume, image: Volume, nearest: bool, name: str) -> np.ndarray:

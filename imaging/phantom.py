@@ -186,7 +186,7 @@ def iter_training_slices(n_cases: int | None = None, seed: int = 0, size: int = 
 
 def write_example_case(out_dir, seed: int = 0, shape: tuple[int, int, int] = (16, 128, 128),
                        spacing: tuple[float, float, float] = (2.5, 2.5, 3.0)) -> dict:
-    """Write a 3-visit example (see README of the demo) and return its paths:
+    """Write a small 3-visit example case and return its paths:
     ``prior/`` CT series + ``prior_rtstruct.dcm`` (ROI ``GTV``), ``followup1/``,
     ``followup2/`` CT series, and ground truth ``{prior,followup1,followup2}_gtv.nii.gz``.
     Each visit is its own study with its own Frame of Reference (like a real scanner);

@@ -30,6 +30,7 @@ from .volume import Volume
 
 DEFAULT_MIN_ISLAND_AREA_MM2 = 5.0
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
+_CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")  # both filled even-odd (XOR) with the slice's others
 _STUDY_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (what RTSTRUCTs reference)
 
 
@@ -114,8 +115,8 @@ def read_rtstruct_roi(path, image: Volume, roi: "str | int | None" = None, *,
     for contour in contours:
         kind = str(contour.get("ContourGeometricType", "")).upper()
         pts = _points(contour)
-        if not kind.startswith("CLOSED_PLANAR") or len(pts) < 3:
-            label = kind if kind and not kind.startswith("CLOSED_PLANAR") else "fewer than 3 points"
+        if kind not in _CLOSED or len(pts) < 3:
+            label = kind if kind not in _CLOSED else "fewer than 3 points"
             ignored[label] = ignored.get(label, 0) + 1
             continue
         refs = contour.get("ContourImageSequence", [])

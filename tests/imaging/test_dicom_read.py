@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from imaging import (GeometryError, SeriesSelectionError, list_series, read_image, write_dicom_series,
+from imaging import (GeometryError, SeriesSelectionError, Volume, list_series, read_image, write_dicom_series,
                      write_rtstruct, write_seg)
 
 from .conftest import GEOMETRIES, hard_mask, synthetic_volume
@@ -112,3 +112,15 @@ def test_mixed_orientation_is_refused(tmp_path):
     ds.save_as(tmp_path / "ct" / "CT_0002.dcm")
     with pytest.raises(GeometryError, match="orientations"):
         read_image(tmp_path / "ct")
+
+
+def test_left_handed_volume_is_written_with_slices_reversed(tmp_path):
+    """NIfTI-style volumes can have slice direction = -(row x col); DICOM cannot."""
+    base = synthetic_volume("axial")
+    left = Volume(array=base.array, origin=base.origin, spacing=base.spacing,
+                  direction=base.direction * [1, 1, -1], modality="CT")
+    back = read_image(write_dicom_series(left, tmp_path / "ct").source)
+    n = left.shape[0]
+    assert np.array_equal(back.array, np.round(left.array[::-1]))
+    for k in range(n):
+        assert np.allclose(back.index_to_world([k, 3, 4]), left.index_to_world([n - 1 - k, 3, 4]), atol=1e-3)

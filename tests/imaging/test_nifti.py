@@ -91,3 +91,14 @@ def test_labels(tmp_path):
     path = write_nifti(labels, image, tmp_path / "l.nii.gz")
     assert np.array_equal(read_mask(path, image, 2), labels == 2)
     assert np.array_equal(read_mask(path, image), labels > 0)
+
+
+def test_scaled_nifti_ct_reads_as_hu_once(tmp_path):
+    """scl_slope/scl_inter are applied exactly once; values below -200 make it CT."""
+    image = synthetic_volume("axial")
+    raw = np.round(image.array + 1024).astype(np.int16)
+    img = nib.Nifti1Image(raw.transpose(2, 1, 0), nifti_affine(image))
+    img.header.set_slope_inter(1.0, -1024.0)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    ct = read_nifti(tmp_path / "ct.nii.gz")
+    assert np.allclose(ct.array, raw - 1024.0) and ct.modality == "CT"

@@ -133,3 +133,15 @@ def test_rtstruct_passes_dciodvfy(kind, dicom_image, tmp_path, dciodvfy):
     image = dicom_image(kind)
     dciodvfy(write_rtstruct(hard_mask(image.shape), image, tmp_path / "rs.dcm", "GTV", algorithm_version="1.0"))
     dciodvfy(write_rtstruct(np.zeros(image.shape, bool), image, tmp_path / "empty.dcm", "Nothing"))
+
+
+def test_closedplanar_xor_contours_are_filled_even_odd(dicom_image, tmp_path):
+    image = dicom_image("axial")
+    mask = hard_mask(image.shape)
+    ds = pydicom.dcmread(write_rtstruct(mask, image, tmp_path / "rs.dcm", min_island_area_mm2=0))
+    for c in ds.ROIContourSequence[0].ContourSequence:
+        c.ContourGeometricType = "CLOSEDPLANAR_XOR"
+    # a crafted *input* (not named .dcm, so the dciodvfy check of written files skips it:
+    # CLOSEDPLANAR_XOR is newer than the dicom3tools in Debian 12)
+    ds.save_as(tmp_path / "xor.input")
+    assert np.array_equal(read_mask(tmp_path / "xor.input", image), mask)
