@@ -78,6 +78,9 @@ def segment_followup(
     mask = np.zeros(target.shape, bool)
     probability = np.zeros(target.shape, np.float32)
     k = sampler.k if sampler is not None and sampler.kind != "none" else 0
+    latent_head = pool.latent_head(model_name) if k and sampler.kind == "latent" else None
+    if k and sampler.kind == "latent" and latent_head is None:
+        raise imaging.ImagingError(f"sampler 'latent' needs a latent head trained for model '{model_name}' ({model_name}_latent.pt); use prompt_noise or retrieval")
     samples = np.zeros((k, *target.shape), bool) if k else None
     results: list[SliceResult] = []
     expected = set(slices["expected"])
@@ -95,7 +98,7 @@ def segment_followup(
         probability[z] = 1.0 / (1.0 + np.exp(-np.clip(seg.logits, -30, 30)))
         result = SliceResult(z=z, prior_z=pz, expected=z in expected, segmentation=seg)
         if samples is not None and seg.found:
-            drawn = sample(engine, enc, seg, sampler)
+            drawn = sample(engine, enc, seg, sampler, latent_head=latent_head)
             samples[:, z] = drawn.masks
             probability[z] = drawn.probability
             result.sample_dice = mean_pairwise_dice(drawn.masks)

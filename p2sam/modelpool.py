@@ -44,8 +44,9 @@ class ModelPool:
             torch.set_num_threads(self.settings.threads)
         self._models: dict[str, tuple[LoadedModel, P2SAMEngine]] = {}
         self._priors: OrderedDict[tuple, Prior] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._cards: dict[str, dict[str, Any]] = {}
+        self._latents: dict[str, Any] = {}
 
     # --- which models exist
     def files(self) -> dict[str, Path]:
@@ -76,7 +77,7 @@ class ModelPool:
 
     # --- loading
     def get(self, name: str) -> tuple[LoadedModel, P2SAMEngine]:
-        with self._lock:
+        with self._lock:  # re-entrant: latent_head() calls get() while holding it
             if name not in self._models:
                 path = self.files().get(name) or Path(name)
                 loaded = load_model(path, device=self.device, allow_pickle=self.settings.allow_pickled_checkpoints)
@@ -84,6 +85,20 @@ class ModelPool:
                 self._models[name] = (loaded, engine)
                 log.info("loaded model %s (%s, sha256 %s) on %s", name, loaded.backbone, loaded.sha256[:12], self.device)
             return self._models[name]
+
+    def latent_head(self, name: str):
+        """The latent head trained for a model (``<model>_latent.pt`` beside its weights), or None."""
+        with self._lock:
+            if name not in self._latents:
+                path = self.files().get(name) or Path(name)
+                head_path = path.with_name(f"{path.stem}_latent.pt")
+                head = None
+                if head_path.is_file():
+                    from models.latent import load_latent
+
+                    head = load_latent(head_path, base_sha256=self.get(name)[0].sha256).to(self.device)
+                self._latents[name] = head
+            return self._latents[name]
 
     def prior(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray) -> Prior:
         """The engine's prior for this slice + mask, from the cache when seen before."""
