@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     from models import CheckpointError, EngineInputError
     from pydantic import ValidationError
 
-    from .modelpool import UnknownModelError
+    from .errors import JobInputError
 
     try:
         return int(args.run(args) or 0)
-    except (ImagingError, EngineInputError, CheckpointError, UnknownModelError) as exc:
+    except (ImagingError, EngineInputError, CheckpointError, JobInputError) as exc:
         print(f"p2sam {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

@@ -21,6 +21,7 @@ from imaging import Volume
 from models import P2SAMEngine, Segmentation
 from models.uncertainty import SamplerConfig, sample
 
+from .errors import JobInputError
 from .modelpool import ModelPool
 
 Progress = Callable[[float, str], None]
@@ -80,7 +81,7 @@ def segment_followup(
     k = sampler.k if sampler is not None and sampler.kind != "none" else 0
     latent_head = pool.latent_head(model_name) if k and sampler.kind == "latent" else None
     if k and sampler.kind == "latent" and latent_head is None:
-        raise imaging.ImagingError(f"sampler 'latent' needs a latent head trained for model '{model_name}' ({model_name}_latent.pt); use prompt_noise or retrieval")
+        raise JobInputError(f"sampler 'latent' needs a latent head trained for model '{model_name}' ({model_name}_latent.pt); use prompt_noise or retrieval")
     samples = np.zeros((k, *target.shape), bool) if k else None
     results: list[SliceResult] = []
     expected = set(slices["expected"])

@@ -21,12 +21,13 @@ from models import LoadedModel, P2SAMConfig, P2SAMEngine, Prior, load_model
 from models.checkpoints import file_sha256, read_checkpoint
 from models.registry import WEIGHTS_DIR
 
+from .errors import JobInputError
 from .settings import Settings, get_settings
 
 log = logging.getLogger("p2sam.models")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(JobInputError):
     """A job asked for a model that is not offered."""
 
 
