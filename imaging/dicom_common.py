@@ -64,12 +64,14 @@ def copy_patient_study(ds: Dataset, info: DicomInfo) -> None:
 
 
 def set_equipment(ds: Dataset, manufacturer: str, model: str, version: str) -> None:
+    """General Equipment module: who made this object (our software, not the scanner)."""
     ds.Manufacturer = manufacturer[:64]
     ds.ManufacturerModelName = model[:64]
     ds.SoftwareVersions = (version or "unknown")[:64]
 
 
 def series_date_time(ds: Dataset) -> None:
+    """SeriesDate/SeriesTime = now (local time)."""
     now = _dt.datetime.now()
     ds.SeriesDate = now.strftime("%Y%m%d")
     ds.SeriesTime = now.strftime("%H%M%S")
@@ -87,6 +89,7 @@ def ds_text(value: float, decimals: int = 4) -> str:
 
 
 def ds_list(values: np.ndarray, decimals: int = 4) -> list[str]:
+    """Flattened numbers as DS strings (see :func:`ds_text`)."""
     return [ds_text(v, decimals) for v in np.asarray(values, dtype=float).ravel()]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .errors import GeometryError, ImagingError, SeriesSelectionError, UnsupportedFileError
+from .errors import GeometryError, SeriesSelectionError, UnsupportedFileError
 from .volume import PATIENT_STUDY_KEYWORDS, DicomInfo, Volume, direction_from_iop
 
 NON_IMAGE_MODALITIES = {

@@ -56,3 +56,19 @@ def test_real_endoscopy_frame_and_mask():
     mask = read_mask(folder / "0003_mask.png", frame)
     assert mask.shape == (1, 288, 384) and 0 < mask.mean() < 0.5
     assert to_model_input(frame).shape == (288, 384, 3)
+
+
+def test_rgb_dicom_frame_without_patient_geometry(tmp_path):
+    """A VL Endoscopic image (RGB, no ImagePositionPatient) reads as a 2-D RGB picture."""
+    from imaging.dicom_common import new_dataset, save
+
+    rgb = np.random.default_rng(2).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    ds = new_dataset("1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.826.0.1.3680043.8.498.1")
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "ES", "1.2.826.0.1.3680043.8.498.2", "1.2.3"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 20, 30, 3, "RGB"
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 0, 8, 8, 7, 0
+    ds.PixelData = rgb.tobytes()
+    v = read_image(save(ds, tmp_path / "frame.dcm"))
+    assert v.is_rgb and v.shape == (1, 20, 30) and v.modality == "ES"
+    assert np.array_equal(to_model_input(v), rgb)
+    assert any("no patient geometry" in n for n in v.notes)
