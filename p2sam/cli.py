@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in (
         ("serve", "service.cli", "run the HTTP API (uvicorn)"),
         ("worker", "worker.cli", "run a Celery worker (one per GPU)"),
-        ("batch", "service.batch_cli", "run or submit a longitudinal batch from a manifest"),
+        ("batch", "p2sam.batch_cli", "run or resume a longitudinal batch from a manifest"),
         ("apikey", "service.cli", "create, list or revoke API keys"),
     ):
         p = sub.add_parser(name, help=help_text)

@@ -94,6 +94,7 @@ def run_job(
         "method": spec.method,
         "engine": _config_dict(engine.config),
         "sampler": {"kind": sampler.kind, "k": sampler.k},
+        "prior": {"digest": _digest(prior.array, prior_mask), "roi": roi_name},
     }
 
     names = target_names(spec)
@@ -127,6 +128,13 @@ def run_job(
         "targets": [_brief(t) for t in targets],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _digest(image: np.ndarray, mask: np.ndarray) -> str:
+    """Short content digest of the prior (identifies it in reports without naming the patient)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes() + np.packbits(mask).tobytes()).hexdigest()[:16]
 
 
 def _roi_arg(roi: str | None) -> str | int | None:
