@@ -118,6 +118,9 @@ class VisitReport:
     visit: str
     found: bool | None = None
     volume_ml: float | None = None
+    volume_low_ml: float | None = None  # 90% interval of the uncertainty samples' volumes
+    volume_high_ml: float | None = None
+    truth_volume_ml: float | None = None
     area_px: int | None = None
     dice: float | None = None
     review: bool | None = None
@@ -170,7 +173,21 @@ def run_batch(
             if progress is not None:
                 progress(patient.id, pi, len(manifest.patients), vi + 1, len(patient.visits))
     write_report(reports, out_dir)
+    write_plots(reports, out_dir)
     return reports
+
+
+def write_plots(reports: list[VisitReport], out_dir: Path) -> list[Path]:
+    """``<out>/<patient>/volume.png`` for every patient: volume over visits with its band."""
+    from .plots import volume_plot
+
+    paths = []
+    for patient in dict.fromkeys(r.patient for r in reports):
+        rows = [r for r in reports if r.patient == patient]
+        paths.append(volume_plot(
+            out_dir / patient / "volume.png", patient, [r.visit for r in rows], [r.volume_ml for r in rows],
+            [r.volume_low_ml for r in rows], [r.volume_high_ml for r in rows], [r.truth_volume_ml for r in rows]))
+    return paths
 
 
 def _mask_file(folder: Path) -> Path:
@@ -183,13 +200,17 @@ def _fill(report: VisitReport, folder: Path, visit: VisitEntry) -> None:
     qc = result.get("qc", {})
     report.found = result.get("found")
     report.volume_ml = qc.get("volume_ml")
+    interval = qc.get("volume_interval_90_ml") or [None, None]
+    report.volume_low_ml, report.volume_high_ml = interval
     report.review = qc.get("review")
     report.flagged_slices = [f["z"] for f in qc.get("flagged_slices", [])]
     target = imaging.read_image(visit.image)
     predicted = imaging.read_mask(_mask_file(folder), target)
     report.area_px = int(predicted.sum())
     if visit.truth:
-        report.dice = dice(predicted, imaging.read_mask(visit.truth, target))
+        truth = imaging.read_mask(visit.truth, target)
+        report.dice = dice(predicted, truth)
+        report.truth_volume_ml = float(truth.sum() * np.prod(target.spacing) / 1000.0)
 
 
 def summarise(reports: list[VisitReport]) -> dict[str, Any]:

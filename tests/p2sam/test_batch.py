@@ -66,6 +66,8 @@ def test_batch_runs_resumes_and_reports(sequences, job_runner, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["visits"] == 8 and set(report["summary"]["dice_per_patient"]) == {"seq01", "seq03"}
     assert (out / "report.csv").read_text().splitlines()[0].startswith("patient,visit,found")
+    png = out / "seq01" / "volume.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     # interrupt: one visit's results vanish (as if the worker died while writing it)
     victim = out / "seq03" / "43"
     for f in victim.iterdir():
