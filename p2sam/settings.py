@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     job_soft_time_limit_s: int = Field(1800, description="A job is asked to stop (and fails with a timeout) after this many seconds.")
     job_hard_time_limit_s: int = Field(2100, description="A job's worker process is killed after this many seconds.")
     visibility_timeout_s: int = Field(7200, description="Redis visibility timeout: a job unacknowledged this long is redelivered (must exceed the hard limit).")
+    lease_timeout_s: int = Field(120, ge=5, description="A running job whose worker sent no heartbeat for this long (or whose worker process on the same host is gone) is re-queued.")
+    job_max_attempts: int = Field(3, ge=1, le=20, description="A job is started at most this many times (its worker dying each time, e.g. killed by the hard time limit or out of memory); then it fails.")
+    maintenance_interval_s: float = Field(10.0, gt=0, description="How often the API re-enqueues jobs whose broker message may be lost, recovers jobs of vanished workers and applies retention.")
 
     # --- segmentation defaults
     slice_margin: int = Field(1, ge=0, le=10, description="Follow-up slices beyond the registered prior structure that are also segmented.")
