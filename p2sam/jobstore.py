@@ -1,0 +1,327 @@
+"""Job records: one small JSON file per job on the shared volume, used by the API and the workers.
+
+Layout under ``data_dir``::
+
+    jobs/<id>.json        the record (written atomically: temp file + os.replace)
+    jobs/<id>.lock        fcntl lock taken for every read-modify-write of the record
+    results/<id>/         run_job's output folder (one subfolder per target)
+    uploads/<id>/         uploaded inputs (see service.uploads)
+    idempotency/<h>.json  Idempotency-Key -> job id (see service.routes.jobs)
+
+State machine (every change is a guarded transition, recorded in ``transitions``)::
+
+    queued -> running -> succeeded | failed | cancelled
+    queued -> cancelled
+    running -> queued      (the worker vanished: its lease expired; or a transient I/O error)
+
+A terminal state is never left, so a job completes exactly once however often its message is
+delivered. A worker *claims* a job (queued -> running, ``attempts`` + 1) and holds a lease it
+renews with heartbeats; only the lease holder may finish the job. ``terminal_transitions`` and
+``writes`` (per target, how many times its outputs were produced) make duplicates measurable.
+Records hold upload ids and target names only: never patient names, IDs or file names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({QUEUED, RUNNING})
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+Record = dict[str, Any]
+
+
+def new_id() -> str:
+    """A random job / upload id (32 hex digits; also the folder name)."""
+    return uuid.uuid4().hex
+
+
+def valid_id(value: str) -> bool:
+    """True for ids this store issues (anything else never reaches a file path)."""
+    return bool(_ID.match(value or ""))
+
+
+def process_owner() -> str:
+    """This process as a lease owner: 'host:pid'."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` ('host:pid') is a process on this host that no longer exists.
+
+    Owners on other hosts are never declared dead here (their heartbeat decides)."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it into place (readers never see
+    half a file); with ``durable`` the file is fsynced first."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class JobStore:
+    """Job records under ``data_dir`` (safe across processes and hosts sharing the folder)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.jobs_dir = self.data_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "results").mkdir(exist_ok=True)
+        (self.data_dir / "uploads").mkdir(exist_ok=True)
+
+    # --- paths
+    def record_path(self, job_id: str) -> Path:
+        if not valid_id(job_id):
+            raise KeyError(job_id)
+        return self.jobs_dir / f"{job_id}.json"
+
+    def results_dir(self, job_id: str) -> Path:
+        if not valid_id(job_id):
+            raise KeyError(job_id)
+        return self.data_dir / "results" / job_id
+
+    def upload_dir(self, upload_id: str) -> Path:
+        if not valid_id(upload_id):
+            raise KeyError(upload_id)
+        return self.data_dir / "uploads" / upload_id
+
+    @contextlib.contextmanager
+    def locked(self, job_id: str) -> Iterator[None]:
+        """Exclusive lock on one job's record (fcntl; works across processes and over NFSv4)."""
+        lock = self.jobs_dir / f"{job_id}.lock"
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # --- reading
+    def get(self, job_id: str) -> Record | None:
+        if not valid_id(job_id):
+            return None
+        try:
+            return json.loads(self.record_path(job_id).read_text())
+        except FileNotFoundError:
+            return None
+
+    def all(self) -> Iterator[Record]:
+        """Every record (oldest first by creation time)."""
+        records = []
+        for path in self.jobs_dir.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                records.append(json.loads(path.read_text()))
+        yield from sorted(records, key=lambda r: r.get("created_at", 0))
+
+    def by_state(self, *states: str) -> list[Record]:
+        return [r for r in self.all() if r.get("state") in states]
+
+    # --- writing
+    def create(self, record: Record) -> Record:
+        """Store a new record (state queued). Fills in the bookkeeping fields."""
+        now = time.time()
+        base: Record = {
+            "state": QUEUED, "stage": "queued", "progress": 0.0, "message": "waiting for a worker",
+            "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
+            "warnings": [], "error": None, "summary": None, "results": None,
+            "attempts": 0, "retries": 0, "lease": None, "writes": {},
+            "transitions": [{"from": None, "to": QUEUED, "at": now, "by": process_owner(), "reason": "submitted"}],
+            "terminal_transitions": 0, "refused_transitions": 0,
+            "cancel_requested": False, "purge_requested": False, "purged_at": None,
+            "published": {"count": 0, "epoch": None, "at": None},
+        }
+        base.update(record)
+        path = self.record_path(base["id"])
+        with self.locked(base["id"]):
+            if path.exists():
+                raise FileExistsError(base["id"])
+            write_json_atomic(path, base)
+        return base
+
+    def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True) -> Record | None:
+        """Read-modify-write under the job's lock. ``change`` edits the record in place and
+        returns False to leave it unchanged. Returns the record as stored, None if absent."""
+        with self.locked(job_id):
+            record = self.get(job_id)
+            if record is None:
+                return None
+            if change(record) is False:
+                return record
+            record["updated_at"] = time.time()
+            write_json_atomic(self.record_path(job_id), record, durable=durable)
+            return record
+
+    def transition(self, job_id: str, to: str, allowed_from: set[str] | frozenset[str], *, by: str | None = None,
+                   reason: str = "", owner: str | None = None, **fields: Any) -> Record | None:
+        """Move the job to ``to`` if its state is in ``allowed_from`` (and, with ``owner``, only
+        while that owner holds the lease). Returns the new record, or None when refused."""
+        done: dict[str, bool] = {"ok": False}
+
+        def change(r: Record) -> bool:
+            if r["state"] not in allowed_from or (owner is not None and (r.get("lease") or {}).get("owner") != owner):
+                if to in TERMINAL:
+                    r["refused_transitions"] = r.get("refused_transitions", 0) + 1
+                    return True
+                return False
+            now = time.time()
+            r["transitions"].append({"from": r["state"], "to": to, "at": now, "by": by or process_owner(), "reason": reason})
+            r["state"] = to
+            if to in TERMINAL:
+                r["terminal_transitions"] = r.get("terminal_transitions", 0) + 1
+                r["finished_at"] = now
+                r["lease"] = None
+                if to != SUCCEEDED:
+                    r["stage"] = to
+            r.update(fields)
+            done["ok"] = True
+            return True
+
+        record = self.update(job_id, change)
+        return record if done["ok"] else None
+
+    # --- leases (which worker runs a job)
+    def lease_expired(self, record: Record, lease_timeout_s: float) -> bool:
+        lease = record.get("lease") or {}
+        if record.get("state") != RUNNING:
+            return False
+        if not lease:
+            return True
+        return owner_is_dead(lease.get("owner")) or time.time() - lease.get("heartbeat_at", 0) > lease_timeout_s
+
+    def claim(self, job_id: str, owner: str, lease_timeout_s: float) -> Record | None:
+        """queued -> running for ``owner`` (or take over a running job whose lease expired).
+        Returns the record when claimed; None for a job that is absent, finished, or held by a
+        live worker (a redelivered message for it is then a no-op)."""
+        claimed: dict[str, bool] = {"ok": False}
+
+        def change(r: Record) -> bool:
+            state = r["state"]
+            if state == QUEUED or (state == RUNNING and self.lease_expired(r, lease_timeout_s)):
+                now = time.time()
+                if state == RUNNING:
+                    r["transitions"].append({"from": RUNNING, "to": QUEUED, "at": now, "by": owner,
+                                             "reason": f"lease of {(r.get('lease') or {}).get('owner')} expired"})
+                r["transitions"].append({"from": QUEUED, "to": RUNNING, "at": now, "by": owner, "reason": "claimed"})
+                r.update(state=RUNNING, stage="starting", message="starting", attempts=r.get("attempts", 0) + 1,
+                         lease={"owner": owner, "heartbeat_at": now, "since": now})
+                r["started_at"] = r.get("started_at") or now
+                claimed["ok"] = True
+                return True
+            return False
+
+        record = self.update(job_id, change)
+        return record if claimed["ok"] else None
+
+    def heartbeat(self, job_id: str, owner: str, **fields: Any) -> bool:
+        """Renew ``owner``'s lease (and store progress fields). False once the lease is lost."""
+        held = {"ok": False}
+
+        def change(r: Record) -> bool:
+            if r["state"] != RUNNING or (r.get("lease") or {}).get("owner") != owner:
+                return False
+            r["lease"]["heartbeat_at"] = time.time()
+            r.update(fields)
+            held["ok"] = True
+            return True
+
+        self.update(job_id, change, durable=False)
+        return held["ok"]
+
+    def requeue_expired(self, lease_timeout_s: float, by: str | None = None) -> list[str]:
+        """running -> queued for every job whose worker is gone; returns their ids."""
+        requeued = []
+        for r in self.by_state(RUNNING):
+            if not self.lease_expired(r, lease_timeout_s):
+                continue
+            old = (r.get("lease") or {}).get("owner")
+            flag = {"ok": False}
+
+            def change(rec: Record, old=old, flag=flag) -> bool:
+                if rec["state"] != RUNNING or (rec.get("lease") or {}).get("owner") != old or not self.lease_expired(rec, lease_timeout_s):
+                    return False
+                rec["transitions"].append({"from": RUNNING, "to": QUEUED, "at": time.time(), "by": by or process_owner(),
+                                           "reason": f"lease of {old} expired"})
+                rec.update(state=QUEUED, stage="queued", message="re-queued: its worker stopped", lease=None)
+                rec["published"] = {**rec["published"], "epoch": None, "at": None}
+                flag["ok"] = True
+                return True
+
+            self.update(r["id"], change)
+            if flag["ok"]:
+                requeued.append(r["id"])
+        return requeued
+
+    # --- deleting patient data
+    def purge(self, job_id: str, reason: str) -> Record | None:
+        """Delete the job's results and its uploads (except uploads another job not yet purged
+        still uses); the record stays as a tombstone (ids and states only) with ``purged_at``."""
+        record = self.get(job_id)
+        if record is None:
+            return None
+        in_use = {u for r in self.all() if r["id"] != job_id and r.get("purged_at") is None for u in r.get("uploads", [])}
+        shutil.rmtree(self.results_dir(job_id), ignore_errors=True)
+        kept = []
+        for upload_id in record.get("uploads", []):
+            if upload_id in in_use:
+                kept.append(upload_id)
+            elif valid_id(upload_id):
+                shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
+
+        def change(r: Record) -> None:
+            r.update(purged_at=time.time(), purge_reason=reason, purge_requested=False, summary=None, results=None,
+                     uploads_kept=kept)
+
+        return self.update(job_id, change)
+
+
+def is_transient_io_error(exc: BaseException) -> bool:
+    """Errors worth retrying: lost connections, timeouts, stale NFS handles. Never bad input,
+    never a full disk, never out of memory."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in {errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EIO,
+                                                      errno.ECONNRESET, errno.ECONNREFUSED, errno.EHOSTUNREACH}

@@ -1,0 +1,61 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Thin by design: routes validate, authorise, audit and delegate to the job store, the upload
+store and :func:`worker.runner.execute_job` (through Celery or the embedded thread). OpenAPI at
+/openapi.json, interactive docs at /docs.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import p2sam
+from p2sam.settings import Settings, get_settings
+
+from . import problems
+from .limits import BodySizeLimit
+from .routes import ROUTERS
+from .services import Services
+
+DESCRIPTION = """Patient-adaptive segmentation of follow-up scans (P²SAM on Segment Anything).
+
+1. `POST /v1/uploads` the prior (DICOM series + RTSTRUCT, as a zip or multipart files) and each follow-up;
+2. `POST /v1/jobs` with their upload ids (`Idempotency-Key` makes retries safe) -> 202 + `Location`;
+3. poll `GET /v1/jobs/{id}` until `succeeded`;
+4. `GET /v1/jobs/{id}/results` lists each target's QC and artifacts (RTSTRUCT, SEG, NIfTI, samples, preview)
+   with sha256; download them from `/v1/jobs/{id}/artifacts/{target}/{name}`;
+5. `DELETE /v1/jobs/{id}` cancels and purges the patient's data.
+
+Every request needs an API key (`X-API-Key` or `Authorization: Bearer`); errors are RFC 7807 problem+json.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from P2SAM_ environment variables)."""
+    settings = settings or get_settings()
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services.start()
+        logging.getLogger("p2sam.service").info(
+            "API ready (%s mode, auth %s)", "broker" if settings.broker_url else "embedded", settings.auth)
+        yield
+        services.stop()
+
+    app = FastAPI(title="P²SAM segmentation service", version=p2sam.__version__, description=DESCRIPTION,
+                  lifespan=lifespan, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app.state.services = services
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20))
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:app_from_env``."""
+    return create_app()

@@ -1,0 +1,66 @@
+"""Request size limits, enforced while the body streams in (never after reading it all).
+
+A declared ``Content-Length`` over the limit is answered 413 before a byte of the body is
+read; a chunked body is counted as it arrives and stopped with 413 as soon as it passes the
+limit. Uploads (``/v1/uploads``) may be up to ``P2SAM_MAX_UPLOAD_MB``; every other request 1 MiB.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import HTTPException
+
+from .problems import MEDIA_TYPE
+
+OTHER_LIMIT = 1 << 20
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside ``receive`` when a streaming body passes its limit (-> 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the {_human(limit)} accepted here "
+                              f"(P2SAM_MAX_UPLOAD_MB for uploads); split the upload or ask the administrator")
+
+
+def _human(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over the limit of their path."""
+
+    def __init__(self, app, upload_limit: int, upload_prefix: str = "/v1/uploads", other_limit: int = OTHER_LIMIT) -> None:
+        self.app, self.upload_limit, self.upload_prefix, self.other_limit = app, upload_limit, upload_prefix, other_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope["path"].startswith(self.upload_prefix) else self.other_limit
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _reply(send, 400, "Bad request", "Content-Length must be a number of bytes")
+            if int(declared) > limit:
+                return await _reply(send, 413, "Request too large", BodyTooLarge(limit).detail)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _reply(send, status: int, title: str, detail: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

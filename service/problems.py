@@ -1,0 +1,97 @@
+"""RFC 7807 problem details (``application/problem+json``) for every error the API returns.
+
+Routes raise :class:`Problem`; HTTP errors from the framework (404, 405), validation errors
+and unexpected exceptions are turned into the same shape here. A response never carries a
+stack trace: unexpected errors are logged server-side and answered with a short 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("p2sam.service")
+MEDIA_TYPE = "application/problem+json"
+
+_TITLES = {400: "Bad request", 401: "Authentication required", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed", 406: "Not acceptable", 409: "Conflict", 410: "Gone", 411: "Length required",
+           413: "Request too large", 415: "Unsupported media type", 422: "Invalid input",
+           500: "Internal error", 501: "Not implemented", 503: "Service unavailable"}
+
+
+class ProblemModel(BaseModel):
+    """What every error body looks like (RFC 7807); extra members may follow."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+class Problem(Exception):
+    """An error to answer with problem+json: ``raise Problem(404, "job not found", slug="not-found")``."""
+
+    def __init__(self, status: int, detail: str, *, title: str | None = None, slug: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.type = f"/problems/{slug}" if slug else "about:blank"
+        self.headers, self.extra = headers or {}, extra
+
+
+def problem_response(status: int, detail: str | None, *, title: str | None = None, type_: str = "about:blank",
+                     instance: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": type_, "title": title or _TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if part not in ("body",)) or "body"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.detail, title=exc.title, type_=exc.type, instance=request.url.path,
+                                headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        if exc.status_code == 404 and detail in (None, "Not Found"):
+            detail = f"no such resource: {request.method} {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {(exc.headers or {}).get('allow', '?')}"
+        return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"location": _location(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"location": "request", "message": "invalid"}
+        return problem_response(422, f"{first['location']}: {first['message']}", type_="/problems/validation",
+                                instance=request.url.path, errors=errors[:20])
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.scope.get("route_path", request.url.path),
+                  exc_info=exc)
+        return problem_response(500, "internal error; the server log has the details", type_="/problems/internal-error")
+
+
+# responses= entry for routes: documents the problem+json error shape in the OpenAPI.
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ProblemModel, "content": {MEDIA_TYPE: {}}, "description": _TITLES.get(s, "Error")} for s in statuses}

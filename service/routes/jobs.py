@@ -1,0 +1,138 @@
+"""Jobs: submit (with Idempotency-Key), status, results, artifact downloads, cancel + purge.
+
+Access: ``read`` reads any job; ``submit`` submits and reads / deletes the jobs it submitted;
+``admin`` does everything. Every access is audited.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+
+from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
+
+from ..auth import Principal, principal, require
+from ..problems import Problem, documented
+from ..schemas import JobIn, JobOut, ResultsOut
+from ..submit import submit
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job(request: Request, job_id: str, who: Principal, action: str, *, write: bool = False) -> dict:
+    """The job record, if ``who`` may read it (or, with ``write``, delete it)."""
+    services = request.app.state.services
+    record = services.store.get(job_id)
+    if record is None:
+        services.audit.write(who, action, job_id=job_id if len(job_id) <= 64 else None, outcome="not-found")
+        raise Problem(404, f"job {job_id} not found", slug="job-not-found")
+    own = record.get("owner", {}).get("key_id") == who.key_id
+    allowed = who.is_admin or (own and who.has("submit")) or (not write and who.has("read"))
+    if not allowed:
+        services.audit.write(who, action, job_id=job_id, outcome="denied", status=403)
+        need = "admin, or the submitting key" if write else "read, or being the submitting key"
+        raise Problem(403, f"this API key ('{who.name}') may not {'delete' if write else 'read'} job {job_id} "
+                      f"(needs: {need})", slug="forbidden")
+    return record
+
+
+@router.post("", status_code=202, response_model=JobOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
+async def create_job(request: Request, body: JobIn, response: Response, who: Principal = Depends(require("submit")),
+                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255,
+                                                          description="same key + same body -> the same job; different body -> 409")):
+    """Submit a job: prior (image + contour) and follow-ups, by upload id. 202 + Location;
+    a replay of an Idempotency-Key with the same body answers 200 with the same job."""
+    services = request.app.state.services
+    try:
+        record, replayed = await run_in_threadpool(submit, services, who, body, idempotency_key)
+    except Problem as exc:
+        services.audit.write(who, "job.submit", outcome="rejected", status=exc.status)
+        raise
+    services.audit.write(who, "job.submit", job_id=record["id"], outcome="replayed" if replayed else "ok")
+    out = JobOut.of(record)
+    headers = {"Location": f"/v1/jobs/{record['id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers=headers)
+    response.headers.update(headers)
+    return out
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=documented(401, 403, 404))
+def get_job(request: Request, job_id: str, who: Principal = Depends(principal)) -> JobOut:
+    """State (queued, running, succeeded, failed, cancelled), stage, progress, model, warnings, error."""
+    record = _job(request, job_id, who, "job.read")
+    request.app.state.services.audit.write(who, "job.read", job_id=job_id, state=record["state"])
+    return JobOut.of(record)
+
+
+def _finished(record: dict) -> None:
+    if record.get("purged_at"):
+        raise Problem(410, f"job {record['id']} was purged (deleted or past retention); its results are gone", slug="purged")
+    if record["state"] != SUCCEEDED:
+        raise Problem(409, f"job {record['id']} is {record['state']}; results exist once it has succeeded",
+                      slug="not-finished", state=record["state"])
+
+
+@router.get("/{job_id}/results", response_model=ResultsOut, responses=documented(401, 403, 404, 409, 410))
+def get_results(request: Request, job_id: str, who: Principal = Depends(principal)) -> ResultsOut:
+    """Per target: found, volume, QC review flag, flagged slices, warnings, artifacts (size, sha256, url)."""
+    record = _job(request, job_id, who, "results.read")
+    _finished(record)
+    request.app.state.services.audit.write(who, "results.read", job_id=job_id)
+    summary = record.get("summary") or {}
+    targets = []
+    for t in record.get("results") or []:
+        artifacts = [{**a, "url": f"/v1/jobs/{job_id}/artifacts/{t['target']}/{a['name']}"} for a in t["artifacts"]]
+        targets.append({"target": t["target"], "found": t.get("found"), "volume_ml": t.get("volume_ml"),
+                        "review": t.get("review"), "flagged_slices": t.get("flagged_slices") or [],
+                        "warnings": t.get("warnings") or [], "artifacts": artifacts})
+    return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record["model"]["requested"]},
+                      method=summary.get("method"), targets=targets)
+
+
+@router.get("/{job_id}/artifacts/{target}/{name}", responses={
+    200: {"description": "the file", "content": {"application/octet-stream": {}}}, 304: {"description": "not modified"},
+    **documented(401, 403, 404, 409, 410)})
+def get_artifact(request: Request, job_id: str, target: str, name: str, who: Principal = Depends(principal),
+                 if_none_match: str | None = Header(None, alias="If-None-Match")):
+    """Download one result file; ETag = its sha256 (If-None-Match -> 304)."""
+    record = _job(request, job_id, who, "artifact.download")
+    _finished(record)
+    entry = next((a for t in record.get("results") or [] if t["target"] == target for a in t["artifacts"] if a["name"] == name), None)
+    if entry is None:
+        raise Problem(404, f"job {job_id} has no artifact '{name}' for target '{target}' (see its /results)", slug="artifact-not-found")
+    folder = next(t for t in record["targets"] if t == target)  # the job's own name, not the URL segment
+    root = request.app.state.services.store.results_dir(job_id).resolve()
+    path = (root / folder / entry["name"]).resolve()
+    if root not in path.parents or not path.is_file():  # names come from the manifest; belt and braces
+        raise Problem(404, f"artifact '{name}' of target '{target}' is missing", slug="artifact-not-found")
+    etag = f'"{entry["sha256"]}"'
+    if if_none_match and etag in [v.strip() for v in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    request.app.state.services.audit.write(who, "artifact.download", job_id=job_id, target=target, artifact=name)
+    return FileResponse(path, media_type=entry["media_type"], filename=f"{target}_{entry['name']}",
+                        headers={"ETag": etag, "Cache-Control": "private, no-store"})
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={202: {"model": JobOut, "description": "cancelling"},
+                                                               **documented(401, 403, 404)})
+async def delete_job(request: Request, job_id: str, who: Principal = Depends(principal)):
+    """Cancel (if queued or running) and purge the job's inputs and outputs; audited.
+
+    200 when done; 202 while a running job is being stopped (its worker purges it when it stops)."""
+    services = request.app.state.services
+    record = _job(request, job_id, who, "job.delete", write=True)
+    store = services.store
+    status = 200
+    if record["state"] == QUEUED:
+        store.transition(job_id, CANCELLED, {QUEUED}, reason=f"deleted by {who.name}", message="cancelled")
+    record = store.update(job_id, lambda r: r.update(cancel_requested=r["state"] in (QUEUED, RUNNING) or r.get("cancel_requested", False),
+                                                        purge_requested=True)) or record
+    if record["state"] in TERMINAL:
+        record = await run_in_threadpool(store.purge, job_id, f"deleted by {who.name}") or record
+    else:
+        status = 202
+    services.audit.write(who, "job.delete", job_id=job_id, state=record["state"], purged=record.get("purged_at") is not None)
+    return JSONResponse(JobOut.of(record).model_dump(mode="json"), status_code=status)

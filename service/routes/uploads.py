@@ -1,0 +1,74 @@
+"""POST /v1/uploads (DICOM as multipart files or a zip, NIfTI, PNG/JPEG), GET, DELETE."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from p2sam.jobstore import ACTIVE
+
+from ..auth import Principal, require
+from ..problems import Problem, documented
+from ..receive import receive_files
+from ..schemas import UploadOut
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "DICOM files (multipart, any field name; or one zip), a NIfTI file or a PNG/JPEG picture. "
+                       "Size-capped by P2SAM_MAX_UPLOAD_MB.",
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("", status_code=201, response_model=UploadOut, openapi_extra=_BODY,
+             responses=documented(400, 401, 403, 413, 422))
+async def create_upload(request: Request, response: Response, who: Principal = Depends(require("submit"))) -> UploadOut:
+    """Store and validate an upload; returns its id and the series, contours and images found."""
+    services = request.app.state.services
+    upload_id, incoming = services.uploads.new()
+    try:
+        _, size = await receive_files(request, incoming)
+        manifest = await run_in_threadpool(services.uploads.ingest, upload_id, who.key_id, size)
+    except BaseException as exc:
+        services.uploads.discard(upload_id)
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+        services.audit.write(who, "upload.create", upload_id=upload_id, outcome="rejected", status=status)
+        raise
+    services.audit.write(who, "upload.create", upload_id=upload_id, size_bytes=size)
+    response.headers["Location"] = f"/v1/uploads/{upload_id}"
+    return UploadOut.of(manifest)
+
+
+def _own(request: Request, upload_id: str, who: Principal) -> dict:
+    manifest = request.app.state.services.uploads.manifest(upload_id)
+    if manifest is None or (not who.is_admin and manifest.get("owner") != who.key_id):
+        raise Problem(404, f"upload {upload_id} not found", slug="upload-not-found")
+    return manifest
+
+
+@router.get("/{upload_id}", response_model=UploadOut, responses=documented(401, 403, 404))
+def get_upload(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> UploadOut:
+    """What an upload holds (for the key that sent it, or an admin)."""
+    return UploadOut.of(_own(request, upload_id, who))
+
+
+@router.delete("/{upload_id}", status_code=204, responses=documented(401, 403, 404, 409))
+def delete_upload(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> Response:
+    """Delete an upload no queued or running job uses (audited)."""
+    services = request.app.state.services
+    _own(request, upload_id, who)
+    busy = [r["id"] for r in services.store.by_state(*ACTIVE) if upload_id in r.get("uploads", [])]
+    if busy:
+        raise Problem(409, f"upload {upload_id} is used by job(s) still queued or running: {', '.join(busy)}", slug="upload-in-use")
+    services.uploads.discard(upload_id)
+    services.audit.write(who, "upload.delete", upload_id=upload_id)
+    return Response(status_code=204)

@@ -1,0 +1,218 @@
+"""Request and response bodies of the HTTP API (separate from the stored records)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from p2sam.spec import ALL_OUTPUTS, Method, OutputName, Sampler
+
+Id = Field(pattern=r"^[0-9a-f]{32}$", description="an id this service issued (32 hex digits)")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+# --- uploads
+class SeriesOut(BaseModel):
+    item: str
+    series_instance_uid: str
+    modality: str
+    n_slices: int
+    rows: int
+    columns: int
+    description: str = ""
+    frame_of_reference_uid: str = ""
+    study_instance_uid: str = ""
+
+
+class MaskOut(BaseModel):
+    item: str
+    kind: Literal["rtstruct", "seg"]
+    rois: list[str]
+
+
+class ImageOut(BaseModel):
+    item: str
+    kind: str = Field(description="nifti, png or jpeg")
+    shape: list[int] = Field(description="(z, y, x)")
+    rgb: bool
+
+
+class UploadOut(BaseModel):
+    """What an upload holds. Refer to it from a job by ``id`` (+ series UID / mask item / ROI)."""
+
+    id: str
+    created_at: datetime
+    size_bytes: int
+    series: list[SeriesOut]
+    masks: list[MaskOut]
+    images: list[ImageOut]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, m: dict[str, Any]) -> "UploadOut":
+        return cls(id=m["id"], created_at=ts(m["created_at"]), size_bytes=m["size_bytes"], notes=m["notes"],
+                   series=[SeriesOut.model_validate(s) for s in _strip(m["series"])],
+                   masks=[MaskOut.model_validate(x) for x in _strip(m["masks"])],
+                   images=[ImageOut.model_validate(x) for x in _strip(m["images"])])
+
+
+def _strip(items: list[dict]) -> list[dict]:
+    return [{k: v for k, v in x.items() if k != "path"} for x in items]
+
+
+# --- jobs
+class PriorIn(BaseModel):
+    """The prior: an image and its contour (in the same upload, e.g. a zip of the series and its
+    RTSTRUCT, or a separate upload of an RTSTRUCT / SEG / NIfTI / PNG mask)."""
+
+    model_config = ConfigDict(extra="forbid")
+    upload_id: str = Id
+    series_uid: str | None = Field(None, max_length=64, description="which DICOM series, when the upload holds several")
+    mask_upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="upload holding the contour (default: upload_id)")
+    mask_item: str | None = Field(None, max_length=16, description="which contour object of that upload (m1, f1, ...), when several")
+    roi: str | None = Field(None, min_length=1, max_length=64, description="RTSTRUCT ROI name/number, SEG segment, NIfTI label; default: the only one")
+
+
+class TargetIn(BaseModel):
+    """A follow-up image to segment the prior's structure on."""
+
+    model_config = ConfigDict(extra="forbid")
+    upload_id: str = Id
+    series_uid: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, pattern=_NAME, description="result folder name (default target1, target2, ...)")
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prior: PriorIn
+    targets: list[TargetIn] = Field(min_length=1, max_length=64)
+    outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS), min_length=1)
+    n_samples: int | None = Field(None, ge=0, le=64, description="uncertainty samples per target (default P2SAM_N_SAMPLES)")
+    model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
+    method: Method = "p2sam"
+    sampler: Sampler = "prompt_noise"
+    window: str | None = Field(None, max_length=32, description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
+    slice_margin: int | None = Field(None, ge=0, le=10)
+    roi_name_out: str | None = Field(None, min_length=1, max_length=64)
+    queue: Literal["interactive", "batch"] = "interactive"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        from imaging import PRESETS
+
+        if v is None or v in PRESETS:
+            return v
+        try:
+            lo, hi = (float(x) for x in v.split(","))
+        except ValueError:
+            raise ValueError(f"window: a preset ({', '.join(PRESETS)}) or 'lo,hi' in HU") from None
+        if not lo < hi:
+            raise ValueError("window: lo must be below hi")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, v: list[TargetIn]) -> list[TargetIn]:
+        names = [t.name for t in v if t.name]
+        if len(names) != len(set(names)):
+            raise ValueError("target names must be unique")
+        return v
+
+
+class ModelRef(BaseModel):
+    requested: str
+    name: str | None = None
+    sha256: str | None = None
+    backbone: str | None = None
+
+
+class Problem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str
+    progress: float = Field(ge=0, le=1)
+    message: str
+    queue: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    model: ModelRef
+    targets: list[str]
+    warnings: list[str]
+    error: Problem | None
+    attempts: int
+    cancel_requested: bool
+    purged: bool
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> "JobOut":
+        links = {"self": f"/v1/jobs/{r['id']}"}
+        if r["state"] == "succeeded" and not r.get("purged_at"):
+            links["results"] = f"/v1/jobs/{r['id']}/results"
+        return cls(id=r["id"], state=r["state"], stage=r["stage"], progress=r["progress"], message=r["message"],
+                   queue=r.get("queue", "interactive"), created_at=ts(r["created_at"]), started_at=ts(r["started_at"]),
+                   finished_at=ts(r["finished_at"]), model=ModelRef.model_validate(_model(r.get("model") or {})),
+                   targets=r.get("targets", []), warnings=r.get("warnings", []), error=r.get("error"),
+                   attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested")),
+                   purged=r.get("purged_at") is not None, links=links)
+
+
+def _model(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("requested", "name", "sha256", "backbone")} | {"requested": m.get("requested", "auto")}
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    kind: str
+    size: int
+    sha256: str
+    media_type: str
+    url: str
+
+
+class TargetResultOut(BaseModel):
+    target: str
+    found: bool | None
+    volume_ml: float | None
+    review: bool | None = Field(description="QC asks for a human review")
+    flagged_slices: list[int]
+    warnings: list[str]
+    artifacts: list[ArtifactOut]
+
+
+class ResultsOut(BaseModel):
+    job_id: str
+    model: ModelRef
+    method: str | None
+    targets: list[TargetResultOut]
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    file: str
+    backbone: str | None
+    sha256: str
+    size_bytes: int
+    card: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = {}

@@ -1,0 +1,113 @@
+"""What the routes use, built once per app: settings, stores, auth, audit, the way jobs run.
+
+Broker mode (P2SAM_BROKER_URL set): jobs are published to Celery (worker.dispatch); embedded
+mode: one in-process thread runs them (service.embedded). Routes call :meth:`enqueue` and never
+know which.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from p2sam.jobstore import JobStore, new_id
+from p2sam.settings import Settings
+
+from .audit import AuditLog
+from .auth import KeyStore
+from .submit import Idempotency
+from .uploads import UploadStore
+
+READY_CACHE_S = 5.0
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.data_dir)
+        self.uploads = UploadStore(self.store)
+        self.keys = KeyStore(self.store.data_dir)
+        self.audit = AuditLog(self.store.data_dir)
+        self.idempotency = Idempotency(self.store.data_dir)
+        self.dispatcher = None
+        self.embedded = None
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._ready: tuple[float, bool, dict[str, Any]] | None = None
+        if settings.broker_url:
+            from worker.celery_app import make_app
+            from worker.dispatch import Dispatcher
+
+            self.dispatcher = Dispatcher(self.store, settings, make_app(settings))
+        from .maintenance import Maintenance
+
+        self.maintenance = Maintenance(self)
+
+    # --- lifecycle
+    def start(self) -> None:
+        if self.dispatcher is None:
+            from .embedded import EmbeddedExecutor
+
+            self.embedded = EmbeddedExecutor(self.store, self.settings, self.model_pool())
+            self.embedded.start()
+        self.maintenance.start()  # its first round re-enqueues what the broker may have lost
+
+    def stop(self) -> None:
+        self.maintenance.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    # --- jobs
+    def enqueue(self, job_id: str) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.publish(job_id)  # if the broker is down, the maintenance sweep retries
+        elif self.embedded is not None:
+            self.embedded.wake()
+
+    # --- models
+    def model_pool(self):
+        """The process's ModelPool (loads models only in embedded mode; else lists them)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from p2sam.modelpool import ModelPool
+
+                self._pool = ModelPool(self.settings)
+            return self._pool
+
+    def model_files(self) -> dict[str, Path]:
+        return self.model_pool().files()
+
+    # --- readiness
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, checks): the job store is writable; broker mode: the broker answers and at
+        least one worker answers a ping (cached a few seconds); embedded: the worker thread lives."""
+        now = time.monotonic()
+        if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
+            return self._ready[1], self._ready[2]
+        checks: dict[str, Any] = {"job_store": self._store_writable()}
+        if self.dispatcher is not None:
+            checks["broker"] = self.dispatcher.epoch() is not None
+            workers: list[str] = []
+            if checks["broker"]:
+                try:
+                    workers = self.dispatcher.ping_workers(timeout=1.0)
+                except Exception:
+                    workers = []
+            checks["workers"] = len(workers)
+            ok = checks["job_store"] and checks["broker"] and bool(workers)
+        else:
+            checks["embedded_worker"] = bool(self.embedded and self.embedded.alive())
+            ok = checks["job_store"] and checks["embedded_worker"]
+        self._ready = (now, ok, checks)
+        return ok, checks
+
+    def _store_writable(self) -> bool:
+        probe = self.store.jobs_dir / f".probe-{new_id()}"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,107 @@
+"""Turning a job request into a stored job: upload ids -> paths, Idempotency-Key, enqueueing.
+
+The stored spec is a :class:`p2sam.spec.JobSpec` whose paths are relative to ``data_dir`` (a
+worker mounting the shared volume elsewhere resolves them against its own ``data_dir``).
+
+Idempotency: a key is scoped to the API key that sends it. The first request with a key stores
+``data_dir/idempotency/<sha256(api key id, key)>.json`` = {job id, body hash}; a later request
+with the same key and the same body (compared after validation, so defaults and key order do
+not matter) gets the same job back, with a different body a 409.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from p2sam.jobstore import new_id, write_json_atomic
+from p2sam.spec import JobSpec
+
+from .auth import Principal
+from .problems import Problem
+from .schemas import JobIn
+
+
+def body_hash(body: JobIn) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class Idempotency:
+    def __init__(self, data_dir: Path) -> None:
+        self.folder = Path(data_dir) / "idempotency"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, who: Principal, key: str) -> Path:
+        return self.folder / (hashlib.sha256(f"{who.key_id}\0{key}".encode()).hexdigest() + ".json")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self.folder / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_key(key: str) -> None:
+    if not (1 <= len(key) <= 255) or not key.isprintable():
+        raise Problem(400, "Idempotency-Key: 1-255 printable characters (e.g. a UUID)", slug="bad-idempotency-key")
+
+
+def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
+    """The job record for a request (resolving uploads: 404/422 when they do not fit)."""
+    uploads = services.uploads
+    owner = None if who.is_admin else who.key_id
+    p = body.prior
+    prior_image = uploads.resolve_image(p.upload_id, p.series_uid, owner, "prior")
+    mask_upload = p.mask_upload_id or p.upload_id
+    prior_mask, roi = uploads.resolve_mask(mask_upload, p.mask_item, p.roi, owner, same_as_image=mask_upload == p.upload_id)
+    targets = []
+    for i, t in enumerate(body.targets):
+        path = uploads.resolve_image(t.upload_id, t.series_uid, owner, f"targets[{i}]")
+        targets.append({"path": path, "name": t.name or f"target{i + 1}"})
+    names = [t["name"] for t in targets]
+    if len(set(names)) != len(names):
+        raise Problem(422, "targets: names must be unique (a default name target<N> collides with a given one)", slug="validation")
+    if body.model != "auto" and body.model not in services.model_files():
+        raise Problem(422, f"model: unknown model '{body.model}'; GET /v1/models lists those on offer", slug="unknown-model")
+    spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi, targets=targets, outputs=body.outputs,
+                   model=body.model, method=body.method, n_samples=body.n_samples, sampler=body.sampler,
+                   window=body.window, slice_margin=body.slice_margin, roi_name_out=body.roi_name_out)
+    upload_ids = sorted({p.upload_id, mask_upload, *(t.upload_id for t in body.targets)})
+    return {"id": new_id(), "owner": {"key_id": who.key_id, "name": who.name}, "queue": body.queue,
+            "request": body.model_dump(mode="json"), "spec": spec.model_dump(mode="json"), "uploads": upload_ids,
+            "targets": names, "model": {"requested": body.model}}
+
+
+def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Store (or find, for a replayed Idempotency-Key) the job; returns (record, replayed)."""
+    digest = body_hash(body)
+    if idempotency_key is None:
+        record = services.store.create({**build_record(services, who, body), "body_hash": digest})
+        services.enqueue(record["id"])
+        return record, False
+    check_key(idempotency_key)
+    idem = services.idempotency
+    entry_path = idem.path(who, idempotency_key)
+    with idem.locked():
+        if entry_path.exists():
+            entry = json.loads(entry_path.read_text())
+            if entry["body_hash"] != digest:
+                raise Problem(409, "this Idempotency-Key was already used with a different request body (job "
+                              f"{entry['job_id']}); use a new key for a new job", slug="idempotency-conflict",
+                              job_id=entry["job_id"])
+            record = services.store.get(entry["job_id"])
+            if record is not None:
+                return record, True
+        record = services.store.create({**build_record(services, who, body), "body_hash": digest,
+                                        "idempotency": entry_path.stem})
+        write_json_atomic(entry_path, {"job_id": record["id"], "body_hash": digest, "key_id": who.key_id,
+                                       "created_at": record["created_at"]})
+    services.enqueue(record["id"])
+    return record, False

@@ -1,0 +1,69 @@
+"""The one Celery task: run a stored job (worker.runner.execute_job) by its id.
+
+The model pool is created once per worker process in ``worker_process_init`` (after the fork:
+CUDA is never touched in the parent); the parent re-enqueues jobs whose message may be lost
+and recovers jobs of vanished workers when it starts (``worker_ready``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready
+
+from p2sam.jobstore import JobStore
+from p2sam.settings import get_settings
+
+from .celery_app import TASK_NAME, app
+from .runner import execute_job
+
+log = logging.getLogger("p2sam.worker")
+_store: JobStore | None = None
+
+
+def store() -> JobStore:
+    global _store
+    if _store is None:
+        _store = JobStore(get_settings().data_dir)
+    return _store
+
+
+@worker_process_init.connect
+def _load_models(**_: object) -> None:
+    """In each pool process: create the model pool and load the default model once."""
+    from p2sam.modelpool import default_pool
+
+    settings = get_settings()
+    pool = default_pool()
+    name = settings.default_model_ct
+    if name in pool.files():
+        try:
+            pool.get(name)
+        except Exception as exc:  # a broken default model must not stop the worker: jobs report it
+            log.error("could not preload model %s (%s)", name, type(exc).__name__)
+    else:
+        log.info("default model %s not installed; models load on first use", name)
+
+
+@worker_ready.connect
+def _recover(**_: object) -> None:
+    """In the parent, once connected: re-enqueue lost queued jobs, recover orphaned running ones."""
+    from .dispatch import Dispatcher
+
+    def run() -> None:
+        try:
+            Dispatcher(store(), get_settings(), app).sweep()
+        except Exception as exc:  # the API's maintenance loop retries
+            log.warning("start-up recovery failed (%s)", type(exc).__name__)
+
+    threading.Thread(target=run, name="p2sam-recover", daemon=True).start()
+
+
+@app.task(name=TASK_NAME, ignore_result=True)
+def run_job_task(job_id: str) -> str:
+    """Run job ``job_id`` (idempotent: a finished or live-held job is a no-op)."""
+    from p2sam.modelpool import default_pool
+
+    return execute_job(job_id, store(), get_settings(), pool=default_pool(), timeout_exceptions=(SoftTimeLimitExceeded,))
