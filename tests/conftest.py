@@ -9,7 +9,17 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("P2SAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+def _find_shared_data() -> Path:
+    """P2SAM_SHARED_DATA, else ../shared/data beside the checkout, else the workplace's copy."""
+    if "P2SAM_SHARED_DATA" in os.environ:
+        return Path(os.environ["P2SAM_SHARED_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = _find_shared_data()
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
