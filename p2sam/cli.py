@@ -60,6 +60,30 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Example case + segmentation of both follow-ups + Dice against the phantom's ground truth."""
+    import imaging
+
+    from .pipeline import dice
+
+    out = Path(args.out)
+    _cmd_example(argparse.Namespace(out=str(out), seed=args.seed))
+    seg_args = argparse.Namespace(
+        prior=str(out / "prior"), prior_mask=str(out / "prior_rtstruct.dcm"), roi="GTV",
+        target=[str(out / "followup1"), str(out / "followup2")], out=str(out / "out"), model=args.model,
+        method="p2sam", samples=None, sampler="prompt_noise", window=None, margin=None, outputs=None, quiet=args.quiet)
+    print()
+    code = _cmd_segment(seg_args)
+    print("\nDice against the phantom's ground truth (3-D, whole volume):")
+    for name in ("followup1", "followup2"):
+        target = imaging.read_image(out / name)
+        truth = imaging.read_mask(out / f"{name}_gtv.nii.gz", target)
+        predicted = imaging.read_mask(out / "out" / name / "mask.nii.gz", target)
+        print(f"  {name:<12} Dice {dice(predicted, truth):.3f}   (truth {truth.sum()} voxels, predicted {predicted.sum()})")
+    print(f"\nresults: {out / 'out'}/<target>/ (rtstruct.dcm, seg.dcm, mask.nii.gz, samples.nii.gz, preview.png, result.json)")
+    return code
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .modelpool import ModelPool
 
@@ -99,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_cmd_example)
+
+    p = sub.add_parser("demo", help="write the example case, segment its follow-ups, report Dice against the truth")
+    p.add_argument("--out", default="demo", help="folder to write (default: demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="auto")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("segment", help="segment the prior's structure on follow-ups (runs in-process)")
     p.add_argument("--prior", required=True, help="prior image: DICOM folder/zip/file, NIfTI, PNG/JPEG")
