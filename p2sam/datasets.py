@@ -13,7 +13,6 @@ Three sources, all pre-resized once (longest side = the model's input size, the 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -118,25 +117,19 @@ def folder_dataset(root: str | Path, size: int, subset: str = "train", limit: in
 # --- CT: volumes and the synthetic phantom (through the project's imaging package) ----------
 
 
-def _imaging():
-    try:
-        import imaging  # noqa: F401
-        from imaging import read_image, read_mask, window  # type: ignore[attr-defined]
-    except ImportError as exc:  # the imaging layer is being written alongside this module
-        raise DatasetError(f"the imaging package does not provide what CT training needs yet ({exc})") from None
-    return read_image, read_mask, window
-
-
 def window_slice(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
     """HU (y x x) -> H x W x 3 uint8 with the window [lo, hi] mapped linearly to 0..255."""
-    lo, hi = window
-    grey = np.clip((np.asarray(hu, np.float32) - lo) / (hi - lo), 0, 1) * 255
-    return np.repeat(np.round(grey).astype(np.uint8)[..., None], 3, axis=2)
+    from imaging import window as apply_window
+
+    grey = apply_window(np.asarray(hu), tuple(window))
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def volume_pairs(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs: a folder holding ``image*`` + ``mask*`` (file or DICOM folder), or
-    ``images/<id>`` + ``masks/<id>`` like the 2-D layout, or explicit ``image:mask`` pairs."""
+    """(image, mask) pairs from ``--data`` entries. Each entry is ``IMAGE:MASK`` (a DICOM series
+    folder / NIfTI file and an RTSTRUCT / SEG / NIfTI mask), a folder with ``images/<id>`` and
+    ``masks/<id>`` (matched by name without extension), or a folder with exactly one ``image*``
+    and one ``mask*`` entry."""
     out: list[tuple[Path, Path]] = []
     for spec in paths:
         text = str(spec)
@@ -169,55 +162,43 @@ def _stem(path: Path) -> str:
 
 
 def volume_slices(paths: Sequence[str | Path], size: int, window: tuple[float, float] = CT_WINDOW, roi: str | None = None, with_empty: float = 0.1, seed: int = SPLIT_SEED) -> CachedSamples:
-    """Axial slices of CT volumes with their mask, windowed to uint8 and cached.
+    """Axial slices (z) of CT volumes with their mask, windowed to uint8 and cached.
 
-    Every slice where the mask is non-empty is kept, plus a ``with_empty`` fraction of the empty
-    ones (seeded), so the model also learns to say "nothing here".
+    Read through ``imaging.read_image`` / ``imaging.read_mask`` (mask on the image's grid,
+    (z, y, x)) and ``imaging.to_model_input`` (window, grey -> 3 channels). Every slice where the
+    mask is non-empty is kept, plus a ``with_empty`` fraction of the empty ones (seeded), so the
+    model also learns to say "nothing here".
     """
-    read_image, read_mask, _ = _imaging()
+    try:
+        from imaging import ImagingError, read_image, read_mask, to_model_input
+    except ImportError as exc:  # pragma: no cover - the imaging layer ships with the project
+        raise DatasetError(f"the imaging package is not available ({exc})") from None
     rng = np.random.default_rng(seed)
     samples, ids = [], []
     for image_path, mask_path in volume_pairs(paths):
-        volume = read_image(image_path)
-        mask = np.asarray(read_mask(mask_path, volume, roi) if roi else read_mask(mask_path, volume, None)).astype(bool)
-        hu = np.asarray(getattr(volume, "array", volume))
-        if mask.shape != hu.shape:
-            raise DatasetError(f"{mask_path}: mask {mask.shape} does not match volume {hu.shape} (z, y, x)")
-        for z in range(hu.shape[0]):
+        try:
+            volume = read_image(image_path)
+            mask = np.asarray(read_mask(mask_path, volume, roi)).astype(bool)
+        except ImagingError as exc:
+            raise DatasetError(f"{image_path} / {mask_path}: {exc}") from None
+        for z in range(volume.shape[0]):
             if mask[z].any() or rng.random() < with_empty:
-                samples.append(resize_sample(window_slice(hu[z], window), mask[z], size))
+                samples.append(resize_sample(to_model_input(volume, z, tuple(window)), mask[z], size))
                 ids.append(f"{_stem(Path(image_path))}#z{z}")
     if not samples:
         raise DatasetError("the volumes gave no slices")
     return CachedSamples(samples, ids)
 
 
-def phantom_slices(size: int, count: int, seed: int, window: tuple[float, float] = CT_WINDOW) -> CachedSamples:
-    """``count`` synthetic CT slices + lesion masks from ``imaging.phantom``, windowed and cached."""
+def phantom_slices(size: int, count: int, seed: int, window: tuple[float, float] = CT_WINDOW, phantom_size: int = 128) -> CachedSamples:
+    """``count`` synthetic CT slices + lesion masks (``imaging.phantom.iter_training_slices``,
+    ``phantom_size`` px square, windowed), resized to the model size and cached."""
     try:
-        from imaging import phantom  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise DatasetError(f"imaging.phantom is not available yet ({exc})") from None
+        from imaging import phantom
+    except ImportError as exc:  # pragma: no cover
+        raise DatasetError(f"imaging.phantom is not available ({exc})") from None
     samples, ids = [], []
-    for i, item in enumerate(phantom.iter_training_slices(count=count, seed=seed)):
-        image, mask = _phantom_item(item, window)
-        samples.append(resize_sample(image, mask, size))
+    for i, (image, mask) in enumerate(phantom.iter_training_slices(seed=seed, size=phantom_size, preset=tuple(window), count=count)):
+        samples.append(resize_sample(image, np.asarray(mask, bool), size))
         ids.append(f"phantom-{seed}-{i}")
-        if len(samples) >= count:
-            break
     return CachedSamples(samples, ids)
-
-
-def _phantom_item(item, window: tuple[float, float]) -> Sample:
-    """Accept (image, mask) with the image in HU (float) or already windowed (uint8)."""
-    image, mask = (item if isinstance(item, tuple) else (item.image, item.mask))[:2]
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = window_slice(image, window)
-    elif image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return image, np.asarray(mask).astype(bool)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

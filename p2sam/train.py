@@ -67,6 +67,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     opt.add_argument("--iterations", type=int, default=11, help="decoder iterations per batch (interactive protocol)")
     opt.add_argument("--pretrain-epochs", type=int, default=0, help="first epochs with --pretrain-iterations only")
     opt.add_argument("--pretrain-iterations", type=int, default=3)
+    opt.add_argument("--warm-loss-epochs", type=int, default=0, help="first epochs with Dice + BCE instead of Dice + 20 x focal (from scratch)")
     opt.add_argument("--max-new-points", type=int, default=9, help="error-region points added per iteration: 1..N")
     opt.add_argument("--first-prompts", default="1,1,1", help="relative odds of none,point,box at iteration 0")
     opt.add_argument("--seed", type=int, default=0)
@@ -150,6 +151,7 @@ def train_config(args) -> TrainConfig:
         val_every=args.val_every,
         pretrain_epochs=args.pretrain_epochs,
         pretrain_iterations=args.pretrain_iterations,
+        warm_loss_epochs=args.warm_loss_epochs,
         interactive=InteractiveConfig(
             iterations=args.iterations,
             max_new_points=args.max_new_points,

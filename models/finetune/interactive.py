@@ -34,6 +34,7 @@ class InteractiveConfig:
     stop_gradient: bool = True  # not-a-point / no-mask embeddings learn only from prompt-free samples
     step_per_iteration: bool = True  # reference: an optimizer step after each decoder iteration
     clip_grad: float = 0.0  # max gradient norm (0: no clipping)
+    loss: str = "focal"  # "focal": Dice + 20 x focal + IoU MSE (reference); "bce": warm start from scratch
 
 
 @dataclass
@@ -49,6 +50,12 @@ def _apply(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[to
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
+
+
+def decode_batch(sam: Sam, embeddings: torch.Tensor, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-mask decoding of B prompt sets on B image embeddings (B x 256 x g x g), one call."""
+    tokens = embeddings.shape[0] * embeddings.shape[-2] * embeddings.shape[-1]
+    return decode(sam, embeddings, prompts, multimask=False, chunk_tokens=tokens)
 
 
 def new_point_counts(batch: int, iteration: int, cfg: InteractiveConfig, gen: torch.Generator) -> list[int]:
@@ -78,15 +85,15 @@ def train_step(
     for it in range(cfg.iterations):
         embedding = features if it == 0 else features.detach()
         prompts = encode_training_prompts(sam, state, cfg.stop_gradient)
-        low_res, iou = decode(sam, embedding, prompts, multimask=False)
+        low_res, iou = decode_batch(sam, embedding, prompts)
         logits = upsample_logits(low_res, size)
-        terms = segmentation_loss(logits, iou, target)
+        terms = segmentation_loss(logits, iou, target, kind=cfg.loss)
         if cfg.step_per_iteration:
             _apply(terms.total, optimizer, params, cfg.clip_grad)
         else:
             pending.append(terms.total)
         pred = logits.detach() > 0
-        stats.loss.append(float(terms.total))
+        stats.loss.append(float(terms.total.detach()))
         stats.dice.append(float(dice_score(pred & batch.valid, batch.masks).mean()))
         if it + 1 < cfg.iterations:
             counts = new_point_counts(len(batch), it, cfg, gen)
@@ -105,6 +112,6 @@ def no_prompt_dice(sam: Sam, batch: Batch) -> torch.Tensor:
     n = len(batch)
     state = PromptState(points=[torch.zeros(0, 2)] * n, labels=[torch.zeros(0, dtype=torch.long)] * n, boxes=[None] * n)
     features = sam.image_encoder(batch.images)
-    low_res, _ = decode(sam, features, encode_training_prompts(sam, state, stop_gradient=False))
+    low_res, _ = decode_batch(sam, features, encode_training_prompts(sam, state, stop_gradient=False))
     pred = upsample_logits(low_res, sam.image_encoder.img_size) > 0
     return dice_score(pred & batch.valid, batch.masks)

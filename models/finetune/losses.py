@@ -1,5 +1,10 @@
 """The fine-tuning loss: Dice + 20 x focal (alpha 0.25, gamma 2) + MSE(predicted IoU, true IoU).
 
+``kind="bce"`` replaces the focal term by plain binary cross-entropy (weight 1): a warm start for
+training from scratch, where the reference loss first drives every logit negative (measured on
+Kvasir-SEG, box prompts, lr 3e-4: train Dice 0.00 after 50 steps with focal, 0.31 after 40 with
+BCE). Fine-tuning a pretrained SAM needs no warm start.
+
 All terms are computed on logits at image resolution: ``B x S x S`` (the input frame, low-res
 logits up-sampled by ``upsample_logits``) against ``B x S x S`` ground truth in {0, 1}. The IoU
 target is the IoU of the thresholded prediction (logits > 0), without gradient.
@@ -49,19 +54,27 @@ def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class LossTerms:
     total: torch.Tensor  # scalar, the optimised loss (mean over the batch)
     dice: float
-    focal: float
+    focal: float  # the focal term (the BCE term with kind="bce")
     iou_mse: float
 
 
-def segmentation_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, focal_weight: float = FOCAL_WEIGHT) -> LossTerms:
-    """logits: B x S x S, iou_pred: B (or B x 1), target: B x S x S float."""
+def segmentation_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, focal_weight: float = FOCAL_WEIGHT, kind: str = "focal") -> LossTerms:
+    """logits: B x S x S, iou_pred: B (or B x 1), target: B x S x S float.
+
+    ``kind``: "focal" (the reference: Dice + 20 x focal + IoU MSE) or "bce" (Dice + BCE + IoU MSE).
+    """
     dice = dice_loss(logits, target)
-    focal = focal_loss(logits, target)
+    if kind == "bce":
+        focal, focal_weight = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1), 1.0
+    elif kind == "focal":
+        focal = focal_loss(logits, target)
+    else:
+        raise ValueError(f"unknown loss kind '{kind}' (focal or bce)")
     with torch.no_grad():
         iou_true = hard_iou(logits, target)
     mse = (iou_pred.reshape(-1) - iou_true) ** 2
     total = (dice + focal_weight * focal + mse).mean()
-    return LossTerms(total=total, dice=float(dice.mean()), focal=float(focal.mean()), iou_mse=float(mse.mean()))
+    return LossTerms(total=total, dice=float(dice.detach().mean()), focal=float(focal.detach().mean()), iou_mse=float(mse.detach().mean()))
 
 
 def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ to ``out_dir``:
 - ``best.pt``: the model with the best validation no-prompt Dice so far.
 
 An optional pretraining phase runs the first ``pretrain_epochs`` with fewer decoder iterations
-(``pretrain_iterations``), then the full interactive protocol.
+(``pretrain_iterations``), then the full interactive protocol; the first ``warm_loss_epochs``
+may use the BCE warm-start loss (``losses.segmentation_loss(kind="bce")``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class TrainConfig:
     val_every: int = 1
     pretrain_epochs: int = 0  # first epochs with fewer decoder iterations
     pretrain_iterations: int = 2
+    warm_loss_epochs: int = 0  # first epochs with the "bce" warm-start loss (from-scratch training)
     interactive: InteractiveConfig = InteractiveConfig()
     augment: AugmentConfig = AugmentConfig()
     progress: bool = True
@@ -120,6 +122,8 @@ def fit(
         icfg = cfg.interactive
         if epoch < cfg.pretrain_epochs:
             icfg = replace(icfg, iterations=min(icfg.iterations, cfg.pretrain_iterations))
+        if epoch < cfg.warm_loss_epochs:
+            icfg = replace(icfg, loss="bce")
         sam.train()
         order = batches(len(train), cfg.batch_size, gen, drop_last=True)
         losses, first_dice, last_dice = [], [], []
@@ -136,6 +140,7 @@ def fit(
         record = {
             "epoch": epoch + 1,
             "iterations": icfg.iterations,
+            "loss_kind": icfg.loss,
             "loss": sum(losses) / max(1, len(losses)),
             "train_dice_first": sum(first_dice) / max(1, len(first_dice)),
             "train_dice_last": sum(last_dice) / max(1, len(last_dice)),
@@ -166,7 +171,7 @@ def fit(
         )
         val_text = f" val_dice {record['val_dice']:.4f}" if "val_dice" in record else ""
         log(
-            f"epoch {epoch + 1}/{cfg.epochs} it={icfg.iterations} loss {record['loss']:.4f} "
+            f"epoch {epoch + 1}/{cfg.epochs} it={icfg.iterations} {icfg.loss} loss {record['loss']:.4f} "
             f"dice(it0) {record['train_dice_first']:.3f} dice(last) {record['train_dice_last']:.3f}"
             f"{val_text} lr {record['lr']:.2e} {record['seconds']:.0f}s"
         )

@@ -1,0 +1,202 @@
+"""Quality benchmark on patients' video sequences (the CVC-ClinicDB protocol of the P²SAM paper).
+
+    python -m bench.quality --data ../shared/data/cvc-clinicdb [--weights kvasir] [--json FILE]
+
+Layout: one sub-folder per sequence, frames ``<n>.png`` with masks ``<n>_mask.png`` (sorted by
+the number n). Per sequence the prior is the 3rd frame (image + mask); every frame is predicted
+and the first 3 are not scored; Dice per frame -> mean per sequence -> mean over sequences.
+All methods run on the same backbone and on the same cached encoding of each frame (each frame
+is encoded once): direct transfer (no prompt), PerSAM, P²SAM at a fixed part count n = 1..5
+(no retrieval) and P²SAM with retrieval (1-5 positives x 1-3 negatives). Prints a table like
+the paper's Table 6; the LAST line is ``p2sam_dice <mean Dice with retrieval>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models import P2SAMEngine
+
+from .common import DEFAULT_WEIGHTS, dice, log, make_engine, parse_overrides, read_mask, read_rgb, table
+
+PRIOR_INDEX = 2  # the 3rd frame of each sequence
+UNSCORED = 3  # the first 3 frames are not scored
+FIXED_NS = (1, 2, 3, 4, 5)
+PRODUCT_CONFIG: dict = {"pos_range": (1, 5), "neg_range": (1, 3)}
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Frame:
+    number: int
+    image: Path
+    mask: Path
+
+
+def sequence_frames(folder: str | Path) -> list[Frame]:
+    """Frames ``<n>.<ext>`` that have a ``<n>_mask.<ext>``, sorted numerically by n."""
+    folder = Path(folder)
+    masks = {p.stem[: -len("_mask")]: p for p in folder.iterdir() if p.stem.endswith("_mask") and p.suffix.lower() in FRAME_SUFFIXES}
+    frames = [
+        Frame(int(p.stem), p, masks[p.stem])
+        for p in folder.iterdir()
+        if p.suffix.lower() in FRAME_SUFFIXES and re.fullmatch(r"\d+", p.stem) and p.stem in masks
+    ]
+    return sorted(frames, key=lambda f: f.number)
+
+
+def find_sequences(root: str | Path) -> dict[str, list[Frame]]:
+    """Every sub-folder of ``root`` holding frames of that layout (name -> sorted frames)."""
+    root = Path(root)
+    out = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        frames = sequence_frames(sub)
+        if frames:
+            out[sub.name] = frames
+    return out
+
+
+def method_names() -> list[str]:
+    return ["direct", "persam"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"]
+
+
+def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False) -> dict:
+    """Dice of every method on the scored frames of one sequence.
+
+    Returns ``{"frames": [n, ...], "dice": {method: [per scored frame]}, "chosen": [(n_pos, n_neg)]}``;
+    with ``oracle``, also the best retrieval candidate per frame (``"oracle"``, a diagnostic).
+    """
+    encoded = [engine.encode(read_rgb(f.image)) for f in frames]
+    truths = [read_mask(f.mask) for f in frames]
+    prior = engine.set_prior(encoded[PRIOR_INDEX], truths[PRIOR_INDEX])
+    scores: dict[str, list[float]] = {m: [] for m in method_names() + (["oracle"] if oracle else [])}
+    scored, chosen = [], []
+    for i, (enc, truth) in enumerate(zip(encoded, truths)):
+        results = {
+            "direct": engine.segment(enc, None, method="direct"),
+            "persam": engine.segment(enc, prior, method="persam"),
+            "p2sam": engine.segment(enc, prior, method="p2sam"),
+        }
+        for n in FIXED_NS:
+            if prior.parts(n) is not None:
+                results[f"fixed{n}"] = engine.segment(enc, prior, method="fixed", n_pos=n)
+        if i < UNSCORED:  # predicted (the protocol runs every frame) but not scored
+            continue
+        scored.append(frames[i].number)
+        for name in method_names():
+            # a part count the prior cannot provide scores as an empty prediction
+            scores[name].append(dice(results[name].mask, truth) if name in results else dice(np.zeros_like(truth), truth))
+        best = results["p2sam"].best
+        chosen.append((best.n_pos, best.n_neg) if best else None)
+        if oracle:
+            scores["oracle"].append(_oracle(engine, results["p2sam"], enc, truth))
+    return {"frames": scored, "dice": scores, "chosen": chosen}
+
+
+def _oracle(engine: P2SAMEngine, result, enc, truth: np.ndarray) -> float:
+    from models.decoder import upscale_logits
+
+    full = upscale_logits(engine.sam, result.candidate_logits, enc.input_size, enc.original_size)[:, 0] > engine.sam.mask_threshold
+    return max(dice(m.cpu().numpy(), truth) for m in full)
+
+
+def summarize(per_sequence: dict[str, dict]) -> dict:
+    """Mean per sequence, then mean over sequences, in the JSON layout of the issue."""
+    seq_means = {}
+    for name, res in per_sequence.items():
+        means = {m: float(np.mean(v)) for m, v in res["dice"].items() if v}
+        entry = {
+            "direct": means.get("direct"),
+            "persam": means.get("persam"),
+            "p2sam_fixed": {str(n): means.get(f"fixed{n}") for n in FIXED_NS},
+            "p2sam_retrieval": means.get("p2sam"),
+            "frames_scored": len(res["frames"]),
+        }
+        if "oracle" in means:
+            entry["oracle"] = means["oracle"]
+        seq_means[name] = entry
+    names = [n for n, e in seq_means.items() if e["frames_scored"]]
+
+    def over(get):
+        vals = [get(seq_means[n]) for n in names]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    out = {
+        "direct": over(lambda e: e["direct"]),
+        "persam": over(lambda e: e["persam"]),
+        "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
+        "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
+        "per_sequence": seq_means,
+    }
+    if names and all("oracle" in seq_means[n] for n in names):
+        out["oracle"] = over(lambda e: e["oracle"])
+    return out
+
+
+def print_table(summary: dict, model: str, chosen: Counter) -> None:
+    oracle = "oracle" in summary
+    header = ["sequence", "frames", "direct", "PerSAM"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"] + (["oracle"] if oracle else [])
+
+    def row(name, e, frames):
+        vals = [e["direct"], e["persam"]] + [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]]
+        return [name, frames] + vals + ([e["oracle"]] if oracle else [])
+
+    rows = [row(n, e, e["frames_scored"]) for n, e in summary["per_sequence"].items()]
+    rows.append(row("mean", summary, sum(e["frames_scored"] for e in summary["per_sequence"].values())))
+    print(f"quality: {model}; prior = 3rd frame, frames 4.. scored; Dice per frame -> sequence -> mean")
+    print("columns: direct transfer | PerSAM | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)")
+    print(table(header, rows))
+    fixed_best = max(summary["p2sam_fixed"].values())
+    print(
+        f"retrieval - direct {100 * (summary['p2sam_retrieval'] - summary['direct']):+.1f} points; "
+        f"- PerSAM {100 * (summary['p2sam_retrieval'] - summary['persam']):+.1f}; - best fixed n {100 * (summary['p2sam_retrieval'] - fixed_best):+.1f}"
+    )
+    print("retrieval chose (n_pos, n_neg): " + ", ".join(f"{k}: {v}" for k, v in sorted(chosen.items(), key=lambda kv: str(kv[0]))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="folder of sequence folders (<n>.png + <n>_mask.png)")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights file or bundled name (default: kvasir)")
+    parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine settings (P2SAMConfig), e.g. cost=cosine")
+    parser.add_argument("--oracle", action="store_true", help="also report the best retrieval candidate per frame (diagnostic)")
+    parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    root = Path(args.data)
+    sequences = find_sequences(root) if root.is_dir() else {}
+    if args.sequences:
+        sequences = {k: v for k, v in sequences.items() if k in args.sequences}
+    if not sequences:
+        print(f"skipped: no sequence folders with <n>.png + <n>_mask.png frames under {root} (see ../shared/data/README.md)")
+        return 0
+    config = {**PRODUCT_CONFIG, **parse_overrides(args.set)}
+    engine, model = make_engine(args.weights, args.threads, **config)
+    per_sequence, chosen = {}, Counter()
+    for name, frames in sequences.items():
+        if len(frames) <= UNSCORED:
+            log(f"{name}: {len(frames)} frames, nothing to score (the first {UNSCORED} are not scored)")
+            continue
+        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle)
+        chosen.update(c for c in per_sequence[name]["chosen"] if c)
+        log(f"{name}: {len(frames)} frames, P²SAM {np.mean(per_sequence[name]['dice']['p2sam']):.3f}")
+    summary = summarize(per_sequence)
+    summary["weights"], summary["config"] = model, {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    print_table(summary, model, chosen)
+    print(f"p2sam_dice {summary['p2sam_retrieval']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""bench.quality follows the CVC-ClinicDB protocol on any folder of that layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import quality
+from models import P2SAMConfig, P2SAMEngine, save_weights
+from tests.finetune.helpers import TINY_SMALL, tiny_small
+
+
+def _frame(folder, n, shift):
+    img = np.full((48, 64, 3), 30, np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10 + shift : 26 + shift, 20:40] = 255
+    img[mask > 0] = (220, 120, 90)
+    Image.fromarray(img).save(folder / f"{n}.png")
+    Image.fromarray(mask).save(folder / f"{n}_mask.png")
+
+
+@pytest.fixture(scope="module")
+def fake_cvc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cvc")
+    for name, numbers in {"seqA": [8, 9, 10, 11, 12], "seqB": [101, 102, 103, 104], "short": [1, 2, 3]}.items():
+        (root / name).mkdir()
+        for k, n in enumerate(numbers):
+            _frame(root / name, n, k)
+    (root / "notes").mkdir()  # a folder without frames is not a sequence
+    weights = root / "tiny.pt"
+    save_weights(tiny_small(), weights, "small", TINY_SMALL, {"name": "tiny"})
+    return root, weights
+
+
+def test_frames_sort_numerically_and_need_masks(fake_cvc):
+    root, _ = fake_cvc
+    (root / "seqA" / "13.png").write_bytes((root / "seqA" / "12.png").read_bytes())  # no mask: ignored
+    seqs = quality.find_sequences(root)
+    assert list(seqs) == ["seqA", "seqB", "short"]
+    assert [f.number for f in seqs["seqA"]] == [8, 9, 10, 11, 12]
+    (root / "seqA" / "13.png").unlink()
+
+
+def test_prior_is_the_third_frame_and_only_frames_4_on_are_scored(fake_cvc):
+    root, weights = fake_cvc
+    from models import load_model
+
+    engine = P2SAMEngine(load_model(weights).sam, P2SAMConfig(pos_range=(1, 2), neg_range=(1, 2)))
+    frames = quality.sequence_frames(root / "seqA")
+    res = quality.evaluate_sequence(engine, frames, oracle=True)
+    assert res["frames"] == [11, 12]  # 8, 9, 10 (the prior) are predicted but not scored
+    for name in quality.method_names() + ["oracle"]:
+        assert len(res["dice"][name]) == 2 and all(0.0 <= d <= 1.0 for d in res["dice"][name])
+    assert all(o >= p - 1e-9 for o, p in zip(res["dice"]["oracle"], res["dice"]["p2sam"]))
+
+
+def test_mean_per_sequence_then_over_sequences():
+    def seq(values, frames):
+        return {"frames": list(range(frames)), "dice": {m: list(values) for m in quality.method_names()}}
+
+    summary = quality.summarize({"a": seq([1.0, 1.0, 1.0, 0.0], 4), "b": seq([0.5], 1)})
+    assert summary["p2sam_retrieval"] == pytest.approx((0.75 + 0.5) / 2)  # not the frame mean 0.7
+    assert summary["p2sam_fixed"]["3"] == pytest.approx(0.625)
+    assert summary["per_sequence"]["a"]["frames_scored"] == 4
+
+
+def test_cli_prints_the_table_and_writes_json(fake_cvc, tmp_path, capsys):
+    root, weights = fake_cvc
+    out = tmp_path / "q.json"
+    assert quality.main(["--data", str(root), "--weights", str(weights), "--json", str(out), "--set", "pos_range=(1,2)", "neg_range=(1,1)", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("p2sam_dice ")
+    data = json.loads(out.read_text())
+    assert set(data) >= {"direct", "persam", "p2sam_fixed", "p2sam_retrieval", "per_sequence"}
+    assert set(data["p2sam_fixed"]) == {"1", "2", "3", "4", "5"}
+    assert set(data["per_sequence"]) == {"seqA", "seqB"}  # "short" has nothing to score
+    assert float(lines[-1].split()[1]) == pytest.approx(data["p2sam_retrieval"], abs=1e-4)
+
+
+def test_missing_data_skips_with_a_message(tmp_path, capsys):
+    assert quality.main(["--data", str(tmp_path / "nowhere")]) == 0
+    assert "skipped" in capsys.readouterr().out
