@@ -50,6 +50,7 @@ class P2SAMConfig:
     cost: Cost = "sqeuclidean"  # Wasserstein ground cost on raw features; "cosine" = paper eq. 5
     kmeans_seed: int = 0
     kmeans_n_init: int = 10
+    kmeans_space: Literal["raw", "normalized"] = "raw"  # features k-means clusters: raw (reference) or L2-normalised
     multimask_cascade: bool | None = None  # None: natural -> True (PerSAM), medical -> False (P²SAM)
     guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
     direct_candidate: bool = False  # also offer the no-prompt prediction to retrieval
@@ -81,6 +82,7 @@ class Prior:
     mean_embedding: torch.Tensor  # 256, mean foreground feature (PerSAM's target embedding)
     seed: int
     n_init: int
+    normalized: bool = False  # k-means on L2-normalised features (P2SAMConfig.kmeans_space)
     pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
     neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -89,7 +91,7 @@ class Prior:
         """n prototypes of the foreground (or background), None if there are fewer cells than n."""
         cache, feats = (self.neg_parts, self.bg_features) if background else (self.pos_parts, self.fg_features)
         if n not in cache:
-            cache[n] = kmeans_prototypes(feats, n, self.seed, self.n_init) if 1 <= n <= len(feats) else None
+            cache[n] = kmeans_prototypes(feats, n, self.seed, self.n_init, self.normalized) if 1 <= n <= len(feats) else None
         return cache[n]
 
 
@@ -210,6 +212,7 @@ class P2SAMEngine:
             mean_embedding=feats[grid_mask].mean(0),
             seed=self.config.kmeans_seed,
             n_init=self.config.kmeans_n_init,
+            normalized=self.config.kmeans_space == "normalized",
         )
         if len(prior.bg_features) == 0:
             prior.warnings.append("prior mask covers the whole image: no background parts, no negative points")

@@ -38,14 +38,17 @@ def mask_to_grid(mask: np.ndarray, sam: Sam, grid: int) -> torch.Tensor:
     return cells
 
 
-def kmeans_prototypes(features: torch.Tensor, n: int, seed: int, n_init: int) -> torch.Tensor | None:
+def kmeans_prototypes(features: torch.Tensor, n: int, seed: int, n_init: int, normalized: bool = False) -> torch.Tensor | None:
     """n L2-normalised part prototypes of ``features`` (N x C), or None if n parts do not exist.
 
     n = 1: the normalised mean. n > 1: k-means++ (scikit-learn ``KMeans``, ``random_state=seed``,
     ``n_init`` explicit), each part = the normalised mean of its members, ordered by cluster
     label. None when there are fewer distinct feature vectors than n, or k-means leaves a part
-    empty.
+    empty. ``normalized``: cluster the L2-normalised features instead of the raw ones (the
+    similarity maps are cosine, so parts then live in the space they are compared in).
     """
+    if normalized:
+        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     if n == 1:
         proto = features.mean(0, keepdim=True)
     else:

@@ -218,6 +218,45 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def card_markdown(card: dict[str, Any], extra: str = "") -> str:
+    """The model card of a weights file as Markdown (``models/weights/<name>.md``)."""
+    hist = card.get("history") or []
+    rows = "\n".join(
+        f"| {h['epoch']} | {h.get('iterations', '')} | {h.get('loss_kind', '')} | {h['loss']:.3f} | {h.get('val_dice', float('nan')):.3f} | {h.get('seconds', 0):.0f} |"
+        for h in hist
+    )
+    metrics = "\n".join(f"- {k}: {v}" for k, v in (card.get("metrics") or {}).items())
+    return f"""# Model card: {card.get('name')}
+
+- Backbone: `{card.get('backbone')}` ({card.get('parameters', 0) / 1e6:.2f} M parameters, stored as float16), config `{json.dumps(card.get('config'))}`
+- Training mode: {card.get('mode')}
+- Data: {card.get('data')}
+- Seed: {card.get('seed')}; epochs: {card.get('epochs')}
+
+## Command
+
+```
+{card.get('command')}
+```
+
+## Metrics
+
+{metrics}
+{extra}
+## Terms of use
+
+{card.get('terms')}
+
+## Training history
+
+| epoch | decoder iterations | loss | train loss | val no-prompt Dice | seconds |
+|---|---|---|---|---|---|
+{rows}
+
+Recipe (the exact settings, from the weights file's card): `{json.dumps(card.get('recipe'))}`
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = add_train_arguments(argparse.ArgumentParser(prog="p2sam train", description=__doc__.split("\n")[0]))
     return run_train(parser.parse_args(argv))

@@ -1,0 +1,38 @@
+"""Engine options added for the candidate-selection study (defaults keep the reference behaviour)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models import P2SAMConfig, P2SAMEngine
+from models.parts import kmeans_prototypes
+
+from .fixtures import color_sam
+
+
+def _two_directions_two_sizes() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    f = torch.zeros(40, 4)
+    f[:10, 0], f[10:20, 0], f[20:30, 1], f[30:40, 1] = 1.0, 10.0, 1.0, 10.0
+    return f + torch.randn(40, 4, generator=gen) * 0.01
+
+
+def test_kmeans_on_normalised_features_groups_by_direction():
+    feats = _two_directions_two_sizes()
+    normalized = kmeans_prototypes(feats, 2, seed=0, n_init=10, normalized=True)
+    assert sorted(normalized.abs().argmax(1).tolist()) == [0, 1]
+    assert torch.allclose(normalized.abs().max(1).values, torch.ones(2), atol=1e-3)
+    raw = kmeans_prototypes(feats, 2, seed=0, n_init=10)
+    assert raw.abs().max(1).values.min() < 0.999  # raw k-means splits by magnitude and mixes the two
+
+
+def test_kmeans_space_reaches_the_prior():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    assert P2SAMEngine(color_sam()).set_prior(img, mask).normalized is False  # reference default
+    engine = P2SAMEngine(color_sam(), P2SAMConfig(kmeans_space="normalized", pos_range=(1, 2)))
+    prior = engine.set_prior(img, mask)
+    assert prior.normalized and prior.parts(2) is not None
