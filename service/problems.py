@@ -75,7 +75,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and detail in (None, "Not Found"):
             detail = f"no such resource: {request.method} {request.url.path} (see /docs)"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {(exc.headers or {}).get('allow', '?')}"
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: { {k.lower(): v for k, v in (exc.headers or {}).items()}.get('allow', '?')}"
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

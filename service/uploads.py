@@ -133,6 +133,7 @@ class _Ingest:
         self.folder, self.incoming = folder, folder / ".incoming"
         self.notes: list[str] = []
         self.unreadable_dicom: list[Path] = []
+        self.dicom_reason = ""
 
     def run(self) -> dict[str, Any]:
         files = self._expand_zips(sorted(self.incoming.iterdir()))
@@ -147,7 +148,7 @@ class _Ingest:
             self.notes.append(f"ignored {ignored} file(s) that are not DICOM, NIfTI, PNG or JPEG")
         shutil.rmtree(self.incoming, ignore_errors=True)
         if not (series or masks or images):
-            raise Problem(422, self._nothing_found(ignored), title="Unreadable upload", slug="invalid-upload")
+            raise Problem(422, self._nothing_found(), title="Unreadable upload", slug="invalid-upload")
         return {"series": series, "masks": masks, "images": images, "notes": self.notes}
 
     def _expand_zips(self, files: list[Path]) -> list[Path]:
@@ -169,9 +170,7 @@ class _Ingest:
         if not files:
             return [], []
         scan = dicom_read.scan_files(files)
-        self.unreadable_dicom = scan.not_dicom
-        if scan.not_dicom:
-            self.notes.append(f"ignored {len(scan.not_dicom)} file(s) that are not readable DICOM")
+        self.unreadable_dicom = list(scan.not_dicom)
         series = []
         for n, summary in enumerate(dicom_read.summarize(scan), start=1):
             target = self.folder / "series" / str(n)
@@ -189,6 +188,9 @@ class _Ingest:
                            "study_instance_uid": summary.study_instance_uid, "shape": list(volume.shape)})
         masks, other = [], {}
         for path, ds in scan.other_objects:
+            if "SOPClassUID" not in ds:
+                self.unreadable_dicom.append(path)
+                continue
             kind = MASK_CLASSES.get(str(ds.get("SOPClassUID", "")))
             if kind is None:
                 modality = str(ds.get("Modality", "?"))
@@ -203,6 +205,9 @@ class _Ingest:
                           "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")) or None})
         if other:
             self.notes.append("ignored " + ", ".join(f"{n} {m} object(s)" for m, n in sorted(other.items())))
+        if self.unreadable_dicom:
+            self.notes.append(f"ignored {len(self.unreadable_dicom)} file(s) that are not readable DICOM")
+            self.dicom_reason = _dicom_reason(self.unreadable_dicom[0])
         return series, masks
 
     def _pictures(self, files: list[Path]) -> list[dict]:
@@ -222,12 +227,13 @@ class _Ingest:
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.folder.parent.parent))
 
-    def _nothing_found(self, ignored: int) -> str:
+    def _nothing_found(self) -> str:
         if self.unreadable_dicom:
             return (f"no readable image or contour: {len(self.unreadable_dicom)} file(s) look like DICOM but cannot be read "
-                    f"({_dicom_reason(self.unreadable_dicom[0])})")
-        return ("no readable image or contour: expected DICOM files (multipart or a zip), a NIfTI (.nii/.nii.gz), "
-                f"PNG or JPEG file; {ignored} file(s) were none of these")
+                    f"({self.dicom_reason})")
+        found = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return ("no readable image or contour: expected DICOM image series or RTSTRUCT/SEG files (multipart or a zip), "
+                f"a NIfTI (.nii/.nii.gz), PNG or JPEG file{found}")
 
 
 def _dicom_reason(path: Path) -> str:
@@ -236,6 +242,7 @@ def _dicom_reason(path: Path) -> str:
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return "no SOP Class UID" if "SOPClassUID" not in ds else "not an image or contour object"
-    except Exception as exc:  # the parser's message, shortened
-        return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return ("no SOP Class UID: not a DICOM object" if "SOPClassUID" not in ds
+                else "not an image or contour object")
+    except Exception as exc:  # the parser's message, shortened, without server paths
+        return " ".join(f"{type(exc).__name__}: {exc}".replace(str(path), path.name).split())[:200]

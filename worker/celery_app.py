@@ -10,7 +10,7 @@ Only the job id travels through the broker.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from p2sam.settings import Settings, get_settings
 
@@ -35,7 +35,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="interactive",
         task_routes={TASK_NAME: {"queue": "interactive"}},
         task_ignore_result=True,

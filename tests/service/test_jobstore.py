@@ -1,0 +1,102 @@
+"""The job store's guarantees, without servers: atomic records, guarded transitions, leases."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, new_id, process_owner
+
+
+def _job(store: JobStore, **kw) -> dict:
+    return store.create({"id": new_id(), "uploads": [], **kw})
+
+
+def test_a_terminal_state_is_never_left(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    owner = process_owner()
+    assert store.claim(job["id"], owner, 60)["state"] == RUNNING
+    assert store.transition(job["id"], SUCCEEDED, {RUNNING}, owner=owner) is not None
+    for to in (FAILED, CANCELLED, SUCCEEDED):
+        assert store.transition(job["id"], to, {QUEUED, RUNNING}) is None
+    assert store.claim(job["id"], "elsewhere:1", 60) is None
+    rec = store.get(job["id"])
+    assert rec["state"] == SUCCEEDED and rec["terminal_transitions"] == 1 and rec["refused_transitions"] == 3
+
+
+def test_only_the_lease_holder_finishes(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    store.claim(job["id"], "host-a:1", 60)
+    assert store.transition(job["id"], SUCCEEDED, {RUNNING}, owner="host-b:2") is None
+    assert store.claim(job["id"], "host-b:2", 60) is None  # a live lease on another host is respected
+    assert store.get(job["id"])["state"] == RUNNING
+
+
+def _claim(data_dir: str, job_id: str, q) -> None:
+    q.put(JobStore(data_dir).claim(job_id, process_owner(), 60) is not None)
+
+
+def test_concurrent_claims_have_one_winner(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), job["id"], q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(q.get() for _ in procs) == [False, False, False, True]
+    assert store.get(job["id"])["attempts"] == 1
+
+
+def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owner = f"{os.uname().nodename}:{dead.pid}"
+    store.claim(job["id"], owner, 3600)
+    assert store.requeue_expired(3600) == [job["id"]]
+    rec = store.claim(job["id"], process_owner(), 3600)
+    assert rec["attempts"] == 2 and [t["to"] for t in rec["transitions"]] == [QUEUED, RUNNING, QUEUED, RUNNING]
+
+
+def test_heartbeats_keep_a_lease_and_silence_loses_it(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    store.claim(job["id"], "far-host:7", lease_timeout_s=60)
+    assert store.heartbeat(job["id"], "far-host:7", progress=0.5)
+    assert store.requeue_expired(60) == []
+    time.sleep(1.1)
+    assert store.requeue_expired(1) == [job["id"]]
+    assert not store.heartbeat(job["id"], "far-host:7")
+
+
+def test_purge_keeps_uploads_another_job_uses(tmp_path):
+    store = JobStore(tmp_path)
+    shared, own = new_id(), new_id()
+    for u in (shared, own):
+        store.upload_dir(u).mkdir(parents=True)
+    a = _job(store, uploads=[shared, own])
+    _job(store, uploads=[shared])
+    store.results_dir(a["id"]).mkdir()
+    rec = store.purge(a["id"], "test")
+    assert rec["purged_at"] and rec["uploads_kept"] == [shared]
+    assert store.upload_dir(shared).exists() and not store.upload_dir(own).exists()
+    assert not store.results_dir(a["id"]).exists()
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "x" * 32, "", "0" * 31])
+def test_ids_never_become_paths(tmp_path, bad):
+    store = JobStore(tmp_path)
+    assert store.get(bad) is None
+    with pytest.raises(KeyError):
+        store.results_dir(bad)
