@@ -7,6 +7,7 @@ Each process runs in its own session (process group), so :meth:`Proc.kill9` kill
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -14,9 +15,21 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
+
+
+def zip_bytes(*paths: str | Path) -> bytes:
+    """A zip of files and folders (members under their own names, as a PACS export would)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in map(Path, paths):
+            for f in (sorted(p.rglob("*")) if p.is_dir() else [p]):
+                if f.is_file():
+                    zf.write(f, f.relative_to(p.parent))
+    return buf.getvalue()
 
 
 def free_port() -> int:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
 
+from bench.stack import zip_bytes
 from p2sam.jobstore import TERMINAL
 
 
@@ -18,18 +17,6 @@ def client(url: str, key: str | None, bearer: bool = False) -> httpx.Client:
     if key:
         headers = {"Authorization": f"Bearer {key}"} if bearer else {"X-API-Key": key}
     return httpx.Client(base_url=url, headers=headers, timeout=60)
-
-
-def zip_bytes(*paths: str | Path) -> bytes:
-    """A zip of files and folders (members under their own names, as a PACS export would)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for p in map(Path, paths):
-            files = sorted(p.rglob("*")) if p.is_dir() else [p]
-            for f in files:
-                if f.is_file():
-                    zf.write(f, f.relative_to(p.parent))
-    return buf.getvalue()
 
 
 def upload_zip(c: httpx.Client, *paths: str | Path) -> dict:

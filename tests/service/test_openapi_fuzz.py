@@ -35,7 +35,7 @@ def test_schemathesis_finds_no_server_errors(stack, key, tmp_path):
             "--phases", "examples,coverage,fuzzing", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
     if key:
         argv += ["--header", f"X-API-Key: {stack.keys[key]}"]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=360)
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=360, cwd=tmp_path)  # its cache stays in tmp
     tail = (run.stdout + run.stderr)[-4000:]
     print(tail[-1500:])
     assert run.returncode == 0, tail

@@ -1,0 +1,215 @@
+"""Load test of the service with real processes: Redis + the API + N Celery workers.
+
+    python -m bench.load --jobs 50 --workers 2            # kills one worker mid-run and restarts it
+    python -m bench.load --jobs 50 --workers 2 --no-kill
+    python -m bench.load --api http://host:8000 --key KEY --data-dir /shared/p2sam --jobs 20
+
+Submits ``--jobs`` small jobs (the synthetic example case, tiny), waits for all of them and
+prints submitted, completed, lost, duplicated, p50/p95 latency (submission -> finished) and
+jobs/min; the LAST line is ``lost <n> duplicated <m>`` (the goal: 0 and 0).
+
+- lost: a submitted job that did not succeed before ``--timeout``;
+- duplicated: a job that reached a terminal state more than once, or produced a target's
+  outputs more than once (the job store counts both: ``terminal_transitions``, ``writes``),
+  or whose result folder does not hold exactly one folder per target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2, help="Celery workers to start (ignored with --api)")
+    p.add_argument("--kill-after", type=float, default=0.3,
+                   help="kill -9 a busy worker once this fraction of jobs finished, then start a new one (default 0.3)")
+    p.add_argument("--no-kill", action="store_true", help="do not kill a worker")
+    p.add_argument("--targets", type=int, default=1, help="follow-ups per job")
+    p.add_argument("--samples", type=int, default=2, help="uncertainty samples per target")
+    p.add_argument("--outputs", default="nifti,rtstruct")
+    p.add_argument("--shape", default="6,64,64", help="example case size z,y,x")
+    p.add_argument("--model", default=None, help="weights file to serve (default: a random-weight small model)")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for all jobs")
+    p.add_argument("--api", default=None, help="use a running API instead of starting one")
+    p.add_argument("--key", default=None, help="API key for --api (submit + read)")
+    p.add_argument("--data-dir", default=None, help="the API's P2SAM_DATA_DIR (to count duplicates with --api)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    return p.parse_args(argv)
+
+
+def _model_dir(root: Path, model: str | None) -> tuple[Path, str]:
+    folder = root / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    if model:
+        src = Path(model)
+        (folder / src.name).symlink_to(src.resolve())
+        return folder, src.stem
+    import torch
+
+    from models import build_sam, save_weights
+
+    torch.manual_seed(0)
+    save_weights(build_sam("small"), folder / "testmodel.pt", "small", None, {"engine": {"pos_range": [1, 2]}})
+    return folder, "testmodel"
+
+
+def _upload(c: httpx.Client, case: dict, n_targets: int) -> dict:
+    from .stack import zip_bytes
+
+    prior = c.post("/v1/uploads", content=zip_bytes(case["prior"], case["prior_rtstruct"]),
+                   headers={"Content-Type": "application/zip"})
+    prior.raise_for_status()
+    follow = []
+    for i in range(n_targets):
+        r = c.post("/v1/uploads", content=zip_bytes(case["followup1" if i % 2 == 0 else "followup2"]),
+                   headers={"Content-Type": "application/zip"})
+        r.raise_for_status()
+        follow.append(r.json()["id"])
+    return {"prior": prior.json()["id"], "targets": follow}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def run(args: argparse.Namespace) -> int:
+    from imaging.phantom import write_example_case
+
+    from .stack import RedisServer, Stack
+
+    root = Path(tempfile.mkdtemp(prefix="p2sam-load-"))
+    shape = tuple(int(v) for v in args.shape.split(","))
+    case = write_example_case(root / "case", seed=7, shape=shape)
+    stack = redis = None
+    killed = []
+    try:
+        if args.api:
+            url, key = args.api.rstrip("/"), args.key
+            data_dir = Path(args.data_dir) if args.data_dir else None
+            model = "auto"
+        else:
+            models_dir, model = _model_dir(root, args.model)
+            redis = RedisServer(root, appendonly=True)
+            stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model)
+            stack.start_api()
+            procs = [stack.start_worker(wait=False) for _ in range(args.workers)]
+            for proc in procs:
+                stack.wait_worker(proc, timeout=180)
+            key = stack.p2sam("apikey", "create", "--name", "bench-load", "--scope", "submit", "--scope", "read").strip()
+            url, data_dir = stack.url, stack.data_dir
+        c = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60)
+        inputs = _upload(c, case, args.targets)
+        body = {"prior": {"upload_id": inputs["prior"], "roi": "GTV"},
+                "targets": [{"upload_id": t, "name": f"visit{i + 1}"} for i, t in enumerate(inputs["targets"])],
+                "model": model, "n_samples": args.samples, "outputs": args.outputs.split(",")}
+        t0 = time.time()
+        ids = []
+        for i in range(args.jobs):
+            r = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"bench-{t0:.0f}-{i}"})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        print(f"submitted {len(ids)} jobs in {time.time() - t0:.1f} s", file=sys.stderr)
+        states: dict[str, str] = {}
+        deadline = t0 + args.timeout
+        while time.time() < deadline:
+            for job_id in ids:
+                if states.get(job_id) not in ("succeeded", "failed", "cancelled"):
+                    states[job_id] = c.get(f"/v1/jobs/{job_id}").json()["state"]
+            done = sum(s in ("succeeded", "failed", "cancelled") for s in states.values())
+            if stack is not None and not args.no_kill and not killed and done >= args.kill_after * len(ids):
+                killed.append(_kill_busy_worker(stack, data_dir, ids))
+            if done == len(ids):
+                break
+            time.sleep(0.5)
+        return report(ids, states, data_dir, len(body["targets"]), t0, killed)
+    finally:
+        if stack is not None:
+            stack.stop()
+        if redis is not None:
+            redis.stop()
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_busy_worker(stack, data_dir: Path, ids: list[str]) -> str:
+    """kill -9 a worker that is running a job (if any is), then start a replacement."""
+    running = {}
+    for job_id in ids:
+        rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+        if rec["state"] == "running" and rec.get("lease"):
+            running[int(rec["lease"]["owner"].rsplit(":", 1)[1])] = job_id
+    parents = {_ppid(pid) for pid in running}
+    busy = [w for w in stack.live_workers() if w.pid in parents]
+    victim = (busy or stack.live_workers())[0]
+    victim.kill9()
+    state = "while it ran a job" if busy else "(no job was running)"
+    print(f"killed {victim.name} with kill -9 {state}; {len(running)} job(s) were running; starting a replacement",
+          file=sys.stderr)
+    stack.start_worker(wait=False)
+    return victim.name
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def report(ids: list[str], states: dict[str, str], data_dir: Path | None, n_targets: int, t0: float,
+           killed: list[str]) -> int:
+    completed = [i for i in ids if states.get(i) == "succeeded"]
+    lost = len(ids) - len(completed)
+    latencies, finish_times, duplicated, attempts = [], [], 0, 0
+    if data_dir is not None:
+        for job_id in ids:
+            rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+            attempts += rec["attempts"]
+            out = data_dir / "results" / job_id
+            folders = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+            dup = rec["terminal_transitions"] > 1 or any(n > 1 for n in rec["writes"].values())
+            if rec["state"] == "succeeded":
+                dup = dup or len(folders) != n_targets
+                latencies.append(rec["finished_at"] - rec["created_at"])
+                finish_times.append(rec["finished_at"])
+            duplicated += dup
+    span = (max(finish_times) - t0) if finish_times else float("nan")
+    rows = [("submitted", len(ids)), ("completed", len(completed)), ("lost", lost),
+            ("duplicated", duplicated if data_dir is not None else "n/a"),
+            ("attempts (all jobs)", attempts if data_dir is not None else "n/a"),
+            ("workers killed", len(killed)),
+            ("latency p50 (s)", f"{_percentile(latencies, 0.5):.1f}"),
+            ("latency p95 (s)", f"{_percentile(latencies, 0.95):.1f}"),
+            ("jobs/min", f"{len(completed) / span * 60:.1f}" if finish_times else "nan")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(f"lost {lost} duplicated {duplicated if data_dir is not None else 'n/a'}")
+    return 0 if lost == 0 and not duplicated else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
