@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.services = services
     problems.install(app)
+    problems.document_problems(app)
     app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20))
     for router in ROUTERS:
         app.include_router(router)

@@ -94,4 +94,31 @@ def install(app: FastAPI) -> None:
 
 # responses= entry for routes: documents the problem+json error shape in the OpenAPI.
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ProblemModel, "content": {MEDIA_TYPE: {}}, "description": _TITLES.get(s, "Error")} for s in statuses}
+    return {s: {"model": ProblemModel, "description": _TITLES.get(s, "Error")} for s in statuses}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI say what the API does: every 4xx/5xx response is problem+json
+    (FastAPI's own 422 schema is replaced, since validation errors are problems here too)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ProblemModel"] = ProblemModel.model_json_schema(ref_template="#/components/schemas/{model}")
+        ref = {"$ref": "#/components/schemas/ProblemModel"}
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status[:1] in ("4", "5"):
+                        response["content"] = {MEDIA_TYPE: {"schema": ref}}
+                        if status == "422":
+                            response["description"] = "Invalid input"
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from p2sam.spec import ALL_OUTPUTS, Method, OutputName, Sampler
 
+from .problems import ProblemModel
+
 Id = Field(pattern=r"^[0-9a-f]{32}$", description="an id this service issued (32 hex digits)")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -133,14 +135,6 @@ class ModelRef(BaseModel):
     backbone: str | None = None
 
 
-class Problem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-
-
 class JobOut(BaseModel):
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -154,7 +148,7 @@ class JobOut(BaseModel):
     model: ModelRef
     targets: list[str]
     warnings: list[str]
-    error: Problem | None
+    error: ProblemModel | None = Field(description="why it failed (RFC 7807)")
     attempts: int
     cancel_requested: bool
     purged: bool

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bench.stack import RedisServer, Stack
+from service.auth import KeyStore
 
 from .client import client
 
@@ -66,11 +67,12 @@ def stack(tmp_path_factory, redis_server, model_dir):
     try:
         s.start_api()
         s.start_worker()
+        keys = KeyStore(s.data_dir)  # (the `p2sam apikey` command itself is tested in test_housekeeping)
         s.keys = {
-            "planning": s.p2sam("apikey", "create", "--name", "planning-system", "--scope", "submit", "--scope", "read").strip(),
-            "admin": s.p2sam("apikey", "create", "--name", "admin", "--scope", "admin").strip(),
-            "viewer": s.p2sam("apikey", "create", "--name", "viewer", "--scope", "read").strip(),
-            "other": s.p2sam("apikey", "create", "--name", "other-system", "--scope", "submit").strip(),
+            "planning": keys.create("planning-system", ["submit", "read"]),
+            "admin": keys.create("admin", ["admin"]),
+            "viewer": keys.create("viewer", ["read"]),
+            "other": keys.create("other-system", ["submit"]),
         }
         yield s
     finally:

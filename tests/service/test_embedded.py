@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from bench.stack import Stack
+from service.auth import KeyStore
 
 from .client import client, job_body, record, submit, upload_files, upload_zip, wait
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def laptop(tmp_path_factory, model_dir):
     s = Stack(tmp_path_factory.mktemp("embedded"), model_dir, broker_url=None, min_island_mm2=0)
     s.start_api()
-    s.key = s.p2sam("apikey", "create", "--name", "laptop", "--scope", "admin").strip()
+    s.key = KeyStore(s.data_dir).create("laptop", ["admin"])
     yield s
     s.stop()
 

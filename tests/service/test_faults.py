@@ -24,6 +24,20 @@ def _wait_record(stack, job_id, check, timeout=120):
     raise AssertionError(f"job {job_id}: condition not met; record {rec}")
 
 
+def _wait_not_ready(stack, timeout=30):
+    """/readyz answers 503 (problem+json) once no worker answers a ping (cached a few seconds)."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = httpx.get(f"{stack.url}/readyz")
+        if r.status_code == 503:
+            assert r.headers["content-type"] == "application/problem+json" and r.json()["checks"]["workers"] == 0
+            return
+        time.sleep(0.5)
+    raise AssertionError("/readyz still ready without workers")
+
+
 def test_kill9_worker_mid_job_completes_exactly_once(stack, api, uploaded):
     """SIGKILL the worker (and its pool child) after the first of four targets is written: a new
     worker finishes the job, skipping that target; one terminal transition, one set of outputs."""
@@ -63,6 +77,7 @@ def test_redis_restart_with_queued_jobs_loses_nothing(stack, api, uploaded):
     re-enqueues them from the job store and they all complete once a worker is back."""
     for w in stack.live_workers():
         w.stop()
+    _wait_not_ready(stack)
     jobs = [submit(api, job_body(uploaded["prior"], [uploaded["followup"]], n_samples=k)) for k in range(3)]
     for j in jobs:
         _wait_record(stack, j["id"], lambda r: r["published"]["count"] >= 1)
