@@ -57,6 +57,19 @@ def problem_response(status: int, detail: str | None, *, title: str | None = Non
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the API offers on this path, from its OpenAPI (Starlette names only the
+    methods of the first route that matched the path)."""
+    import re
+
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in operations}
+    return ", ".join(sorted(methods)) or "none"
+
+
 def _location(loc: tuple) -> str:
     return ".".join(str(part) for part in loc if part not in ("body",)) or "body"
 
@@ -74,9 +87,12 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         if exc.status_code == 404 and detail in (None, "Not Found"):
             detail = f"no such resource: {request.method} {request.url.path} (see /docs)"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; allowed: { {k.lower(): v for k, v in (exc.headers or {}).items()}.get('allow', '?')}"
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers = {**{k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}, "Allow": allowed}
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

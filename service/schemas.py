@@ -99,7 +99,8 @@ class JobIn(BaseModel):
     model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
     method: Method = "p2sam"
     sampler: Sampler = "prompt_noise"
-    window: str | None = Field(None, max_length=32, description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
+    window: str | None = Field(None, max_length=32, pattern=r"^(default|lung|soft_tissue|bone|-?[0-9]{1,5}(\.[0-9]{1,3})?,-?[0-9]{1,5}(\.[0-9]{1,3})?)$",
+                               description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, min_length=1, max_length=64)
     queue: Literal["interactive", "batch"] = "interactive"

@@ -20,10 +20,10 @@ _BODY = {
         "description": "DICOM files (multipart, any field name; or one zip), a NIfTI file or a PNG/JPEG picture. "
                        "Size-capped by P2SAM_MAX_UPLOAD_MB.",
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-            "application/zip": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}},
+            "application/zip": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
         },
     }
 }
