@@ -36,11 +36,13 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
+    from worker.logs import configure
+
     settings = get_settings()
-    logging.getLogger("p2sam").setLevel(settings.log_level.upper())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)  # third-party libraries: warnings only
+    configure(settings.log_level)
     uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
                 log_level=settings.log_level.lower(), proxy_headers=args.proxy_headers, timeout_graceful_shutdown=10)
     return 0

@@ -17,6 +17,7 @@ from p2sam.jobstore import JobStore
 from p2sam.settings import get_settings
 
 from .celery_app import TASK_NAME, app
+from .logs import configure
 from .runner import execute_job
 
 log = logging.getLogger("p2sam.worker")
@@ -36,6 +37,7 @@ def _load_models(**_: object) -> None:
     from p2sam.modelpool import default_pool
 
     settings = get_settings()
+    configure(settings.log_level)
     pool = default_pool()
     name = settings.default_model_ct
     if name in pool.files():
@@ -52,6 +54,7 @@ def _recover(**_: object) -> None:
     """In the parent, once connected: re-enqueue lost queued jobs, recover orphaned running ones."""
     from .dispatch import Dispatcher
 
+    configure(get_settings().log_level)
     def run() -> None:
         try:
             Dispatcher(store(), get_settings(), app).sweep()
