@@ -280,11 +280,15 @@ class P2SAMEngine:
         t = time.perf_counter()
         on_grid = logits_on_grid(low_res, self.grid) > 0
         target_feats = enc.features[0].permute(1, 2, 0)
+        seen: dict[bytes, float] = {}  # candidates whose masks cover the same cells share one OT solve
         for i, cand in enumerate(cands):
             cand.iou_pred = float(iou[i, 0])
             cand.cells = int(on_grid[i].sum())
             if prior is not None:
-                cand.distance = wasserstein(prior.fg_features, target_feats[on_grid[i]], cfg.cost)
+                key = on_grid[i].cpu().numpy().tobytes()
+                if key not in seen:
+                    seen[key] = wasserstein(prior.fg_features, target_feats[on_grid[i]], cfg.cost)
+                cand.distance = seen[key]
         timings["transport"] = time.perf_counter() - t
 
         if method == "p2sam":
