@@ -156,7 +156,7 @@ def _kill_busy_worker(stack, data_dir: Path, ids: list[str]) -> str:
     for job_id in ids:
         rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
         if rec["state"] == "running" and rec.get("lease"):
-            running[int(rec["lease"]["owner"].rsplit(":", 1)[1])] = job_id
+            running[int(rec["lease"]["owner"].split(":")[1])] = job_id
     parents = {_ppid(pid) for pid in running}
     busy = [w for w in stack.live_workers() if w.pid in parents]
     victim = (busy or stack.live_workers())[0]

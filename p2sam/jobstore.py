@@ -56,19 +56,29 @@ def valid_id(value: str) -> bool:
     return bool(_ID.match(value or ""))
 
 
+_nonce: tuple[int, str] = (0, "")
+
+
 def process_owner() -> str:
-    """This process as a lease owner: 'host:pid'."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as a lease owner: 'host:pid:nonce' (the nonce tells apart a restarted
+    container whose new process got the old pid)."""
+    global _nonce
+    if _nonce[0] != os.getpid():
+        _nonce = (os.getpid(), uuid.uuid4().hex[:8])
+    return f"{socket.gethostname()}:{os.getpid()}:{_nonce[1]}"
 
 
 def owner_is_dead(owner: str | None) -> bool:
-    """True when ``owner`` ('host:pid') is a process on this host that no longer exists.
+    """True when ``owner`` ('host:pid:nonce') is a process on this host that no longer exists.
 
     Owners on other hosts are never declared dead here (their heartbeat decides)."""
-    if not owner or ":" not in owner:
+    parts = (owner or "").split(":")
+    if len(parts) < 2:
         return False
-    host, _, pid = owner.rpartition(":")
+    host, pid = parts[0], parts[1]
     if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if owner == process_owner():
         return False
     try:
         os.kill(int(pid), 0)

@@ -21,6 +21,7 @@ from .submit import Idempotency
 from .uploads import UploadStore
 
 READY_CACHE_S = 5.0
+PING_TIMEOUT_S = 2.0
 
 
 class Services:
@@ -91,10 +92,13 @@ class Services:
             checks["broker"] = self.dispatcher.epoch() is not None
             workers: list[str] = []
             if checks["broker"]:
-                try:
-                    workers = self.dispatcher.ping_workers(timeout=1.0)
-                except Exception:
-                    workers = []
+                for _ in range(2):  # a busy host may answer late; ask twice before declaring none
+                    try:
+                        workers = self.dispatcher.ping_workers(timeout=PING_TIMEOUT_S)
+                    except Exception:
+                        workers = []
+                    if workers:
+                        break
             checks["workers"] = len(workers)
             ok = checks["job_store"] and checks["broker"] and bool(workers)
         else:

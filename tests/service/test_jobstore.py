@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +62,7 @@ def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path):
     job = _job(store)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    owner = f"{os.uname().nodename}:{dead.pid}"
+    owner = f"{socket.gethostname()}:{dead.pid}:0badcafe"
     store.claim(job["id"], owner, 3600)
     assert store.requeue_expired(3600) == [job["id"]]
     rec = store.claim(job["id"], process_owner(), 3600)

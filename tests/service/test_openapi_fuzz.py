@@ -24,12 +24,24 @@ def test_openapi_is_served(stack):
     assert httpx.get(f"{stack.url}/docs").status_code == 200
 
 
+def _wait_ready(stack, timeout=60):
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while httpx.get(f"{stack.url}/readyz", timeout=30).status_code != 200:
+        assert time.time() < deadline, "the stack did not become ready"
+        time.sleep(1)
+
+
 @pytest.mark.parametrize("key", ["admin", None])
 def test_schemathesis_finds_no_server_errors(stack, key, tmp_path):
     exe = shutil.which("schemathesis")
     if exe is None:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")
     ensure_worker(stack)
+    _wait_ready(stack)  # /readyz is 503 while no worker answers: that is not what this test is about
     argv = [exe, "run", f"{stack.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10",
             "--workers", "1", "--request-timeout", "30", "--seed", "1",
             "--phases", "examples,coverage,fuzzing", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
