@@ -118,7 +118,7 @@ def get_artifact(request: Request, job_id: str, target: str, name: str, who: Pri
 
 @router.delete("/{job_id}", response_model=JobOut, responses={202: {"model": JobOut, "description": "cancelling"},
                                                                **documented(401, 403, 404)})
-async def delete_job(request: Request, job_id: str, who: Principal = Depends(principal)):
+def delete_job(request: Request, job_id: str, who: Principal = Depends(principal)):
     """Cancel (if queued or running) and purge the job's inputs and outputs; audited.
 
     200 when done; 202 while a running job is being stopped (its worker purges it when it stops)."""
@@ -128,10 +128,15 @@ async def delete_job(request: Request, job_id: str, who: Principal = Depends(pri
     status = 200
     if record["state"] == QUEUED:
         store.transition(job_id, CANCELLED, {QUEUED}, reason=f"deleted by {who.name}", message="cancelled")
-    record = store.update(job_id, lambda r: r.update(cancel_requested=r["state"] in (QUEUED, RUNNING) or r.get("cancel_requested", False),
-                                                        purge_requested=True)) or record
+
+    def request_purge(r: dict) -> None:
+        if r["state"] in (QUEUED, RUNNING):
+            r["cancel_requested"] = True  # the worker stops at its next check, then purges
+        r["purge_requested"] = True
+
+    record = store.update(job_id, request_purge) or record
     if record["state"] in TERMINAL:
-        record = await run_in_threadpool(store.purge, job_id, f"deleted by {who.name}") or record
+        record = store.purge(job_id, f"deleted by {who.name}") or record
     else:
         status = 202
     services.audit.write(who, "job.delete", job_id=job_id, state=record["state"], purged=record.get("purged_at") is not None)
