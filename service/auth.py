@@ -6,7 +6,7 @@ guards low-entropy passwords, not random keys). Keys live in ``data_dir/apikeys.
 (mode 0600), managed with ``p2sam apikey create|list|revoke``; the API re-reads the file when it
 changes. Scopes:
 
-- ``submit``: upload inputs, submit jobs, cancel and purge the jobs this key submitted;
+- ``submit``: upload inputs, submit jobs; read, cancel and purge the jobs this key submitted;
 - ``read``: job status, results and artifact downloads (any job: e.g. a QA viewer's key);
 - ``admin``: everything, incl. deleting any job. ``admin`` implies the others.
 
