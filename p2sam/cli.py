@@ -105,16 +105,31 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lazy(module: str, function: str):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+LAZY_COMMANDS = {
+    "train": ("p2sam.train", "fine-tune a backbone (full or LoRA) with the interactive protocol"),
+    "serve": ("service.cli", "run the HTTP API (uvicorn)"),
+    "worker": ("worker.cli", "run a Celery worker (one per GPU)"),
+    "batch": ("p2sam.batch_cli", "run, resume or submit a longitudinal batch from a manifest"),
+    "apikey": ("service.cli", "create, list or revoke API keys"),
+}
 
-        return importlib.import_module(module).__getattribute__(function)(args)
 
-    return run
+def _attach(name: str, module: str, parser: argparse.ArgumentParser) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - a build without that part
+        parser.set_defaults(run=lambda a: (print(f"'{name}' is not available: {exc}", file=sys.stderr), 2)[1])
+        return
+    if name == "train":
+        mod.add_train_arguments(parser)
+        parser.set_defaults(run=mod.run_train)
+    else:
+        mod.add_arguments(name, parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2sam", description="Patient-adaptive segmentation of follow-up scans with P²SAM.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -154,53 +169,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print docs/settings.md")
     p.set_defaults(run=_cmd_config)
 
-    p = sub.add_parser("train", help="fine-tune a backbone (full or LoRA) with the interactive protocol")
-    try:
-        from .train import add_train_arguments
-
-        add_train_arguments(p)
-        p.set_defaults(run=_lazy("p2sam.train", "run_train"))
-    except ImportError:  # pragma: no cover - while the training module is absent
-        p.set_defaults(run=lambda a: (print("training is not available in this build"), 2)[1])
-
-    for name, module, help_text in (
-        ("serve", "service.cli", "run the HTTP API (uvicorn)"),
-        ("worker", "worker.cli", "run a Celery worker (one per GPU)"),
-        ("batch", "p2sam.batch_cli", "run or resume a longitudinal batch from a manifest"),
-        ("apikey", "service.cli", "create, list or revoke API keys"),
-    ):
+    # Subcommands whose modules pull in heavy dependencies (torch, FastAPI, Celery) are only
+    # imported when they are the command being run, so `p2sam apikey list` starts quickly.
+    for name, (module, help_text) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        try:
-            import importlib
-
-            importlib.import_module(module).add_arguments(name, p)
-        except (ImportError, AttributeError):
-            p.set_defaults(run=lambda a, n=name: (print(f"'{n}' is not available in this build"), 2)[1])
+        if name == command:
+            _attach(name, module, p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from imaging import ImagingError
-    from models import CheckpointError, EngineInputError
-    from pydantic import ValidationError
-
-    from .errors import JobInputError
-
     try:
         return int(args.run(args) or 0)
-    except (ImagingError, EngineInputError, CheckpointError, JobInputError) as exc:
-        print(f"p2sam {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"p2sam {args.command}: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"p2sam {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def user_error(exc: Exception) -> str | None:
+    """One line for errors that are the user's to fix (bad input, unknown model, bad config), else None."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    from imaging import ImagingError
+    from models import CheckpointError, EngineInputError
+
+    from .errors import JobInputError
+
+    if isinstance(exc, (ImagingError, EngineInputError, CheckpointError, JobInputError)):
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":
