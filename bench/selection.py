@@ -14,6 +14,14 @@ rules are compared on identical candidates. Rules (lower score wins unless noted
 - ``proto``: cosine distance between the mean foreground features (prior vs candidate);
 - ``consensus``: the candidate with the highest mean Dice to the other candidates (medoid);
 - ``w_cos+area``: W_cos + 0.05 x |log(area / prior area)| (the structure's size changes slowly);
+- ``w_2side``: W(prior fg, candidate fg) + W(prior bg, candidate bg) (cosine): a candidate that
+  leaves structure-like features outside its mask is penalised too;
+- ``linear``: a per-patient logistic regression on the prior's grid features (fg vs bg) maps the
+  target; the candidate with the highest soft Dice against that map wins;
+- ``direct``: always the no-prompt prediction (for reference);
+- ``vote`` / ``vote+d``: not a pick but a fusion: the mean probability of the prompted
+  candidates (with the direct one), thresholded at 0.5; ``wvote+d``: weighted by
+  softmax(-W_cos / 0.02) (the retrieval posterior);
 - ``oracle``: the best candidate per frame (an upper bound, not a method).
 
 Prints mean Dice per rule (per frame -> sequence -> mean) and how often each rule matches the
@@ -36,7 +44,8 @@ from models.retrieval import wasserstein
 from .common import DEFAULT_WEIGHTS, dice, log, make_engine, parse_overrides, read_mask, read_rgb, table
 from .quality import PRIOR_INDEX, PRODUCT_CONFIG, UNSCORED, find_sequences
 
-RULES = ["w_sq", "w_cos", "w_sq+d", "w_cos+d", "iou", "w_cos-iou", "proto", "consensus", "w_cos+area", "consensus+d", "oracle"]
+RULES = ["direct", "w_sq", "w_cos", "w_sq+d", "w_cos+d", "iou", "w_cos-iou", "proto", "consensus", "consensus+d", "w_cos+area", "w_2side", "w_2side+d", "linear", "linear+d", "vote", "vote+d", "wvote+d", "oracle"]
+FUSED = ("vote", "vote+d", "wvote+d")
 
 
 def _pick(scores: list[float], allowed: list[bool]) -> int:
@@ -47,16 +56,27 @@ def _pick(scores: list[float], allowed: list[bool]) -> int:
     return best
 
 
-def frame_choices(engine, prior, prior_area: float, enc) -> tuple[list[np.ndarray], dict[str, int]]:
-    """Candidate masks (original size) and the index each rule picks."""
+def prior_classifier(prior):
+    """Logistic regression on the prior's grid features (fg = 1, bg = 0), L2-normalised inputs."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.cat([prior.fg_features, prior.bg_features]).float()
+    x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+    y = np.r_[np.ones(len(prior.fg_features)), np.zeros(len(prior.bg_features))]
+    return LogisticRegression(C=1.0, class_weight="balanced", max_iter=500).fit(x, y)
+
+
+def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list[np.ndarray], dict[str, int]]:
+    """Candidate masks (original size) and the index each rule picks; fused masks are appended
+    to the list and picked by their index."""
     res = engine.segment(enc, prior, method="p2sam")
     cands = res.candidates
     n = len(cands)
     direct = [c.n_pos == 0 for c in cands]
     prompted = [not d for d in direct]
     everyone = [True] * n
-    full = upscale_logits(engine.sam, res.candidate_logits, enc.input_size, enc.original_size)[:, 0] > engine.sam.mask_threshold
-    masks = [m.cpu().numpy() for m in full]
+    logits = upscale_logits(engine.sam, res.candidate_logits, enc.input_size, enc.original_size)[:, 0]
+    masks = [m.cpu().numpy() for m in logits > engine.sam.mask_threshold]
     on_grid = logits_on_grid(res.candidate_logits, engine.grid) > 0
     feats = enc.features[0].permute(1, 2, 0)
     w_sq = [c.distance for c in cands]
@@ -78,7 +98,34 @@ def frame_choices(engine, prior, prior_area: float, enc) -> tuple[list[np.ndarra
         idx = [i for i in range(n) if allowed[i]]
         return [(-agree[i, idx].sum() / max(1, len(idx) - 1)) if allowed[i] and areas[i] > 0 else math.inf for i in range(n)]
 
-    picks = {
+    bg_t = [feats[~on_grid[i]] for i in range(n)]
+    w_bg = [wasserstein(prior.bg_features, b, "cosine") if len(b) else math.inf for b in bg_t]
+    w_2side = [a + b for a, b in zip(w_cos, w_bg)]
+    if clf is not None:
+        flat = feats.reshape(-1, feats.shape[-1]).float()
+        flat = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        prob = torch.from_numpy(clf.predict_proba(flat)[:, 1]).float()
+        grid_masks = on_grid.reshape(n, -1).float().cpu()
+        soft = [-(2 * (g * prob).sum() / (g.sum() + prob.sum() + 1e-6)).item() for g in grid_masks]
+    else:
+        soft = [0.0] * n
+    prob = torch.sigmoid(logits)
+    weights = torch.softmax(-torch.tensor([w if math.isfinite(w) else 1e9 for w in w_cos]) / 0.02, 0)
+    fused = {
+        "vote": prob[torch.tensor(prompted)].mean(0) > 0.5,
+        "vote+d": prob.mean(0) > 0.5,
+        "wvote+d": (weights[:, None, None] * prob).sum(0) > 0.5,
+    }
+    picks = {}
+    for name, m in fused.items():
+        picks[name] = len(masks)
+        masks.append(m.cpu().numpy())
+    picks |= {
+        "direct": direct.index(True) if any(direct) else 0,
+        "w_2side": _pick(w_2side, prompted),
+        "w_2side+d": _pick(w_2side, everyone),
+        "linear": _pick(soft, prompted),
+        "linear+d": _pick(soft, everyone),
         "w_sq": _pick(w_sq, prompted),
         "w_cos": _pick(w_cos, prompted),
         "w_sq+d": _pick(w_sq, everyone),
@@ -98,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     sequences = find_sequences(args.data) if Path(args.data).is_dir() else {}
+    if args.sequences:
+        sequences = {k: v for k, v in sequences.items() if k in args.sequences}
     if not sequences:
         print(f"skipped: no sequence folders under {args.data}")
         return 0
@@ -115,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         prior_mask = read_mask(frames[PRIOR_INDEX].mask)
         prior = engine.set_prior(engine.encode(read_rgb(frames[PRIOR_INDEX].image)), prior_mask)
         scores = {r: [] for r in RULES}
+        clf = prior_classifier(prior)
         for f in frames[UNSCORED:]:
             enc, truth = engine.encode(read_rgb(f.image)), read_mask(f.mask)
-            masks, picks = frame_choices(engine, prior, float(prior_mask.sum()), enc)
+            masks, picks = frame_choices(engine, prior, float(prior_mask.sum()), enc, clf)
             d = [dice(m, truth) for m in masks]
-            picks["oracle"] = int(np.argmax(d))
+            picks["oracle"] = int(np.argmax(d[: len(masks) - len(FUSED)]))
             for r in RULES:
                 scores[r].append(d[picks[r]])
                 hits[r] += int(d[picks[r]] >= d[picks["oracle"]] - 1e-9)
