@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import imaging
 
-from .pipeline import dice, run_job
+from .pipeline import JobCancelled, dice, run_job
 from .spec import JobSpec, TargetSpec
 
 
@@ -141,10 +141,14 @@ def run_batch(
     overrides: dict[str, Any] | None = None,
     progress: Callable[[str, int, int, int, int], None] | None = None,
     run=run_job,
+    report_files: bool = True,
 ) -> list[VisitReport]:
     """Run (or resume) every patient's visits; returns one report row per visit.
 
     progress(patient, patient_index, n_patients, visits_done, n_visits) after every visit.
+    ``report_files=False`` leaves out report.csv/report.json (the service runs one patient per task
+    and writes the batch's report once every patient is done); the plots are always written.
+    A cancelled job (``JobCancelled`` from ``run``) stops the batch instead of being reported.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +168,8 @@ def run_batch(
                 run(spec, patient_dir)
                 report.skipped = finished
                 _fill(report, patient_dir / name, visit)
+            except JobCancelled:
+                raise
             except Exception as exc:  # one bad visit must not stop the batch: reported, not hidden
                 report.error = f"{type(exc).__name__}: {exc}"
             report.seconds = round(time.perf_counter() - t0, 3)
@@ -172,7 +178,8 @@ def run_batch(
                 prior_image, prior_mask, roi = visit.image, str(_mask_file(patient_dir / name)), None
             if progress is not None:
                 progress(patient.id, pi, len(manifest.patients), vi + 1, len(patient.visits))
-    write_report(reports, out_dir)
+    if report_files:
+        write_report(reports, out_dir)
     write_plots(reports, out_dir)
     return reports
 

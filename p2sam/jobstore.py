@@ -116,9 +116,11 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
 class JobStore:
     """Job records under ``data_dir`` (safe across processes and hosts sharing the folder)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, records: str = "jobs") -> None:
+        """``records``: the folder of the records (``jobs``; :mod:`p2sam.batchstore` keeps
+        batch records under ``batches`` with this same code)."""
         self.data_dir = Path(data_dir).resolve()
-        self.jobs_dir = self.data_dir / "jobs"
+        self.jobs_dir = self.data_dir / records
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "results").mkdir(exist_ok=True)
         (self.data_dir / "uploads").mkdir(exist_ok=True)

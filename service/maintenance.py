@@ -6,6 +6,7 @@ Every ``P2SAM_MAINTENANCE_INTERVAL_S``:
   have lost (never published, or published before a Redis restart) and re-queues running jobs
   whose worker stopped heartbeating;
 - jobs deleted while running are purged once their worker has stopped;
+- batches follow their patient tasks (``BatchStore.sweep``: state, report, purge once deleted);
 - retention: inputs and results of jobs finished more than ``P2SAM_RETENTION_HOURS`` ago are
   purged (audited as key ``retention``), as are uploads no job used and old idempotency keys.
 """
@@ -54,8 +55,11 @@ class Maintenance:
             if r["state"] in TERMINAL and r.get("purge_requested") and not r.get("purged_at"):
                 s.store.purge(r["id"], "deleted by its owner")
                 s.audit.write("maintenance", "job.purge", job_id=r["id"], reason="deleted while running")
-        if s.settings.retention_hours > 0:
-            self.retention(time.time() - s.settings.retention_hours * 3600)
+        cutoff = time.time() - s.settings.retention_hours * 3600 if s.settings.retention_hours > 0 else None
+        for batch_id in s.batches.sweep(retention_cutoff=cutoff):
+            s.audit.write("retention", "batch.purge", batch_id=batch_id)
+        if cutoff is not None:
+            self.retention(cutoff)
 
     def retention(self, cutoff: float) -> None:
         s = self.services

@@ -90,10 +90,10 @@ class TargetIn(BaseModel):
     name: str | None = Field(None, pattern=_NAME, description="result folder name (default target1, target2, ...)")
 
 
-class JobIn(BaseModel):
+class JobSettingsIn(BaseModel):
+    """How to segment: shared by a job and a batch's ``defaults``."""
+
     model_config = ConfigDict(extra="forbid")
-    prior: PriorIn
-    targets: list[TargetIn] = Field(min_length=1, max_length=64)
     outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS), min_length=1)
     n_samples: int | None = Field(None, ge=0, le=64, description="uncertainty samples per target (default P2SAM_N_SAMPLES)")
     model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
@@ -103,7 +103,6 @@ class JobIn(BaseModel):
                                description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, min_length=1, max_length=64)
-    queue: Literal["interactive", "batch"] = "interactive"
 
     @field_validator("window")
     @classmethod
@@ -120,6 +119,12 @@ class JobIn(BaseModel):
             raise ValueError("window: lo must be below hi")
         return v
 
+
+class JobIn(JobSettingsIn):
+    prior: PriorIn
+    targets: list[TargetIn] = Field(min_length=1, max_length=64)
+    queue: Literal["interactive", "batch"] = "interactive"
+
     @field_validator("targets")
     @classmethod
     def _unique_names(cls, v: list[TargetIn]) -> list[TargetIn]:
@@ -134,6 +139,27 @@ class ModelRef(BaseModel):
     name: str | None = None
     sha256: str | None = None
     backbone: str | None = None
+
+
+class ReviewIn(BaseModel):
+    """A clinician's decision on one target's result."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(pattern=_NAME, description="the target (as in the job's targets)")
+    decision: Literal["accepted", "rejected"]
+    comment: str | None = Field(None, max_length=2000, description="why (required to reject)")
+
+
+class ReviewOut(BaseModel):
+    target: str
+    decision: Literal["accepted", "rejected"]
+    comment: str | None
+    by: str = Field(description="the name of the API key that reviewed")
+    at: datetime
+
+    @classmethod
+    def of(cls, target: str, r: dict[str, Any]) -> "ReviewOut":
+        return cls(target=target, decision=r["decision"], comment=r.get("comment"), by=r["by"], at=ts(r["at"]))
 
 
 class JobOut(BaseModel):
@@ -153,6 +179,7 @@ class JobOut(BaseModel):
     attempts: int
     cancel_requested: bool
     purged: bool
+    reviews: dict[str, ReviewOut] = Field(default_factory=dict, description="per target: the latest review")
     links: dict[str, str]
 
     @classmethod
@@ -165,7 +192,15 @@ class JobOut(BaseModel):
                    finished_at=ts(r["finished_at"]), model=ModelRef.model_validate(_model(r.get("model") or {})),
                    targets=r.get("targets", []), warnings=r.get("warnings", []), error=r.get("error"),
                    attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested")),
-                   purged=r.get("purged_at") is not None, links=links)
+                   purged=r.get("purged_at") is not None, links=links,
+                   reviews={t: ReviewOut.of(t, v) for t, v in (r.get("reviews") or {}).items()})
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
+    total: int = Field(description="jobs matching the filter (before limit/offset)")
+    limit: int
+    offset: int
 
 
 def _model(m: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2sam.batchstore import BatchStore
 from p2sam.jobstore import JobStore, new_id
 from p2sam.settings import Settings
 
@@ -28,6 +29,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = JobStore(settings.data_dir)
+        self.batches = BatchStore(self.store)
         self.uploads = UploadStore(self.store)
         self.keys = KeyStore(self.store.data_dir)
         self.audit = AuditLog(self.store.data_dir)

@@ -54,8 +54,9 @@ class Dispatcher:
         epoch = epoch or self.epoch()
         if epoch is None:
             return False
+        limits = {k: record[k] for k in ("soft_time_limit", "time_limit") if record.get(k)}  # a batch task: per visit
         try:
-            self.app.send_task(TASK_NAME, args=[job_id], queue=record.get("queue", "interactive"), retry=True,
+            self.app.send_task(TASK_NAME, args=[job_id], queue=record.get("queue", "interactive"), retry=True, **limits,
                                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1})
         except Exception as exc:
             log.warning("job %s: could not publish (%s); the maintenance sweep retries", job_id, type(exc).__name__)

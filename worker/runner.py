@@ -62,9 +62,10 @@ class _Heartbeat(threading.Thread):
 class _Reporter:
     """progress + is_cancelled for run_job, backed by the job record (writes throttled)."""
 
-    def __init__(self, store: JobStore, job_id: str, owner: str, settings: Settings, heartbeat: _Heartbeat) -> None:
+    def __init__(self, store: JobStore, job_id: str, owner: str, settings: Settings, heartbeat: _Heartbeat,
+                 out_dir: Path | None = None) -> None:
         self.store, self.job_id, self.owner, self.heartbeat = store, job_id, owner, heartbeat
-        self.out_dir = store.results_dir(job_id)
+        self.out_dir = out_dir or store.results_dir(job_id)
         self.deadline = time.monotonic() + settings.job_soft_time_limit_s
         self.timed_out = False
         self._last_write = 0.0
@@ -92,14 +93,15 @@ class _Reporter:
 
         self.store.update(self.job_id, change)
 
-    def progress(self, stage: str, fraction: float, message: str) -> None:
+    def progress(self, stage: str, fraction: float, message: str, **fields: Any) -> None:
+        """Store progress (throttled, unless ``fields`` such as a batch task's visit counts come along)."""
         self.count_new_outputs()
         now = time.monotonic()
-        if stage == self._last_stage and now - self._last_write < 0.5:
+        if not fields and stage == self._last_stage and now - self._last_write < 0.5:
             return
         self._last_stage, self._last_write = stage, now
         if not self.store.heartbeat(self.job_id, self.owner, stage=stage, progress=round(min(max(fraction, 0.0), 1.0), 4),
-                                    message=message):
+                                    message=message, **fields):
             self.heartbeat.lost = True
 
     def is_cancelled(self) -> bool:
@@ -155,7 +157,10 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     from imaging import ImagingError
     from models import CheckpointError, EngineInputError
     from p2sam.modelpool import UnknownModelError
+    from p2sam.batchstore import BatchStore, is_patient_task
     from p2sam.pipeline import JobCancelled, run_job
+
+    from .patient import patient_folder, run_patient
 
     owner = process_owner()
     record = store.claim(job_id, owner, settings.lease_timeout_s)
@@ -171,14 +176,18 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     log.info("job %s: attempt %d on %s", job_id, record["attempts"], owner)
     beat = _Heartbeat(store, job_id, owner, max(1.0, min(20.0, settings.lease_timeout_s / 6)))
     beat.start()
-    reporter = _Reporter(store, job_id, owner, settings, beat)
-    out_dir = store.results_dir(job_id)
+    patient = is_patient_task(record)  # one patient of a batch (worker/patient.py)
+    out_dir = patient_folder(store, record) if patient else store.results_dir(job_id)
+    reporter = _Reporter(store, job_id, owner, settings, beat, out_dir)
     try:
         for retry in range(TRANSIENT_RETRIES + 1):
             try:
-                spec = job_spec(record, store.data_dir)
-                summary = run_job(spec, out_dir, pool=pool, progress=reporter.progress,
-                                  is_cancelled=reporter.is_cancelled, settings=settings)
+                if patient:
+                    outcome = run_patient(record, store, settings, pool, reporter)
+                else:
+                    spec = job_spec(record, store.data_dir)
+                    summary = run_job(spec, out_dir, pool=pool, progress=reporter.progress,
+                                      is_cancelled=reporter.is_cancelled, settings=settings)
                 break
             except Exception as exc:
                 if not is_transient_io_error(exc) or retry == TRANSIENT_RETRIES:
@@ -188,6 +197,10 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 time.sleep(2 ** retry)
         reporter.count_new_outputs()
         _clean_partial_outputs(out_dir)
+        if patient:
+            done = store.transition(job_id, SUCCEEDED, {RUNNING}, owner=owner, reason="finished", stage="done",
+                                    progress=1.0, message="finished", **outcome)
+            return SUCCEEDED if done else "skipped"
         warnings = sorted({w for t in summary["targets"] for w in t.get("warnings", [])})
         done = store.transition(job_id, SUCCEEDED, {RUNNING}, owner=owner, reason="finished", stage="done", progress=1.0,
                                 message="finished", summary=summary, results=artifact_manifest(out_dir, summary),
@@ -232,6 +245,11 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                                                    f"under job id {job_id}", "internal-error"))
     finally:
         beat.stop.set()
+        if patient:  # the batch's state and, once every patient is done, its report (else maintenance does it)
+            try:
+                BatchStore(store).settle(record["batch"]["id"])
+            except Exception as exc:
+                log.warning("batch %s: could not settle (%s)", record["batch"]["id"], type(exc).__name__, exc_info=exc)
 
 
 def _fail(store: JobStore, job_id: str, owner: str, error: dict[str, Any]) -> str:

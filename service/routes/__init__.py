@@ -1,8 +1,5 @@
-"""HTTP routes, one module per resource. Handlers validate, authorise, audit and delegate.
+"""HTTP routes, one module per resource. Handlers validate, authorise, audit and delegate."""
 
-Batches (POST/GET /v1/batches, queue ``batch``) plug in here as ``routes/batches.py``.
-"""
+from . import batches, health, jobs, models, review_page, reviews, uploads
 
-from . import health, jobs, models, uploads
-
-ROUTERS = [health.router, uploads.router, jobs.router, models.router]
+ROUTERS = [health.router, uploads.router, jobs.router, reviews.router, batches.router, models.router, review_page.router]

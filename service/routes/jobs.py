@@ -6,35 +6,54 @@ Access: ``read`` reads any job; ``submit`` submits and reads / deletes the jobs 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from p2sam.batchstore import is_patient_task
 from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
-from ..schemas import JobIn, JobOut, ResultsOut
+from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
 from ..submit import submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _job(request: Request, job_id: str, who: Principal, action: str, *, write: bool = False) -> dict:
-    """The job record, if ``who`` may read it (or, with ``write``, delete it)."""
+def _job(request: Request, job_id: str, who: Principal, action: str, *, write: bool = False, verb: str = "delete") -> dict:
+    """The job record, if ``who`` may read it (or, with ``write``, change it: ``verb`` says how)."""
     services = request.app.state.services
     record = services.store.get(job_id)
-    if record is None:
+    if record is None or is_patient_task(record):
         services.audit.write(who, action, job_id=job_id if len(job_id) <= 64 else None, outcome="not-found")
-        raise Problem(404, f"job {job_id} not found", slug="job-not-found")
+        hint = f" (it is a patient of batch {record['batch']['id']}: see /v1/batches)" if record else ""
+        raise Problem(404, f"job {job_id} not found{hint}", slug="job-not-found")
     own = record.get("owner", {}).get("key_id") == who.key_id
     allowed = who.is_admin or (own and who.has("submit")) or (not write and who.has("read"))
     if not allowed:
         services.audit.write(who, action, job_id=job_id, outcome="denied", status=403)
         need = "admin, or the submitting key" if write else "read, or being the submitting key"
-        raise Problem(403, f"this API key ('{who.name}') may not {'delete' if write else 'read'} job {job_id} "
+        raise Problem(403, f"this API key ('{who.name}') may not {verb if write else 'read'} job {job_id} "
                       f"(needs: {need})", slug="forbidden")
     return record
+
+
+@router.get("", response_model=JobListOut, responses=documented(401))
+def list_jobs(request: Request, who: Principal = Depends(principal),
+              state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> JobListOut:
+    """The jobs this key may read, newest first (``read``: all; ``submit``: its own); filter by state."""
+    services = request.app.state.services
+    records = [r for r in services.store.all() if not is_patient_task(r)
+               and (who.has("read") or r.get("owner", {}).get("key_id") == who.key_id)
+               and (state is None or r["state"] == state)]
+    records.reverse()
+    page = records[offset:offset + limit]
+    services.audit.write(who, "job.list", count=len(page))
+    return JobListOut(jobs=[JobOut.of(r) for r in page], total=len(records), limit=limit, offset=offset)
 
 
 @router.post("", status_code=202, response_model=JobOut, responses=documented(400, 401, 403, 404, 409, 413, 422))

@@ -39,21 +39,24 @@ def test_only_the_lease_holder_finishes(tmp_path):
     assert store.get(job["id"])["state"] == RUNNING
 
 
-def _claim(data_dir: str, job_id: str, q) -> None:
+def _claim(data_dir: str, job_id: str, q, done) -> None:
     q.put(JobStore(data_dir).claim(job_id, process_owner(), 60) is not None)
+    done.wait(60)  # stay alive: a claimant that exited holds a dead lease, which may rightly be taken over
 
 
 def test_concurrent_claims_have_one_winner(tmp_path):
     store = JobStore(tmp_path)
     job = _job(store)
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_claim, args=(str(tmp_path), job["id"], q)) for _ in range(4)]
+    q, done = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), job["id"], q, done)) for _ in range(4)]
     for p in procs:
         p.start()
+    results = sorted(q.get(timeout=60) for _ in procs)
+    done.set()
     for p in procs:
         p.join(60)
-    assert sorted(q.get() for _ in procs) == [False, False, False, True]
+    assert results == [False, False, False, True]
     assert store.get(job["id"])["attempts"] == 1
 
 

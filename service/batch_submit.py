@@ -1,0 +1,127 @@
+"""Turning a batch request into a stored batch: upload ids -> paths, one task per patient,
+Idempotency-Key (as for jobs, in its own namespace), publishing the tasks on the ``batch`` queue.
+
+The stored patient entries are :class:`p2sam.batch.PatientEntry` objects whose paths are
+relative to ``data_dir`` (worker/patient.py makes them absolute on its host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from p2sam.batch import PatientEntry, visit_name
+from p2sam.batchstore import PATIENT_TASK
+from p2sam.jobstore import new_id, write_json_atomic
+from p2sam.spec import JobSpec
+
+from .auth import Principal
+from .batch_schemas import BatchIn, PatientIn
+from .problems import Problem
+from .submit import check_key
+
+
+def body_hash(body: BatchIn) -> str:
+    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _patient(uploads, p: PatientIn, i: int, owner: str | None) -> tuple[dict[str, Any], set[str]]:
+    """The patient's entry (data_dir-relative paths) and the uploads it uses."""
+    where = f"patients[{i}]"
+    prior_image = _prefixed(f"{where}.prior", uploads.resolve_image, p.prior.upload_id, p.prior.series_uid, owner,
+                            f"{where}.prior")
+    mask_upload = p.prior.mask_upload_id or p.prior.upload_id
+    prior_mask, roi = _prefixed(where, uploads.resolve_mask, mask_upload, p.prior.mask_item, p.prior.roi, owner,
+                                same_as_image=mask_upload == p.prior.upload_id)
+    used = {p.prior.upload_id, mask_upload}
+    visits = []
+    for j, v in enumerate(p.visits):
+        image = _prefixed(f"{where}.visits[{j}]", uploads.resolve_image, v.upload_id, v.series_uid, owner,
+                          f"{where}.visits[{j}]")
+        truth = None
+        if v.truth_upload_id:
+            truth, _ = _prefixed(f"{where}.visits[{j}].truth", uploads.resolve_mask, v.truth_upload_id, v.truth_item,
+                                 None, owner, same_as_image=False)
+            used.add(v.truth_upload_id)
+        used.add(v.upload_id)
+        visits.append({"image": image, "truth": truth, "name": v.name or visit_name(v, j)})
+    entry = PatientEntry(id=p.id, prior={"image": prior_image, "mask": prior_mask, "roi": roi}, visits=visits)
+    return entry.model_dump(mode="json"), used
+
+
+def _prefixed(where: str, resolve, *args, **kwargs):
+    """Upload problems that do not say which patient / visit they are about, prefixed with it."""
+    try:
+        return resolve(*args, **kwargs)
+    except Problem as exc:
+        if not exc.detail.startswith(where):
+            exc.detail = f"{where}: {exc.detail}"
+        raise
+
+
+def build(services, who: Principal, body: BatchIn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The batch record and its patient tasks (404/422 when an upload does not fit)."""
+    defaults = body.defaults.model_dump(mode="json")
+    defaults["outputs"] = sorted(set(defaults["outputs"]) | {"nifti"})
+    if body.defaults.model != "auto" and body.defaults.model not in services.model_files():
+        raise Problem(422, f"defaults.model: unknown model '{body.defaults.model}'; GET /v1/models lists those on offer",
+                      slug="unknown-model")
+    owner_filter = None if who.is_admin else who.key_id
+    batch_id = new_id()
+    owner = {"key_id": who.key_id, "name": who.name}
+    settings = services.settings
+    patients, tasks = [], []
+    for i, p in enumerate(body.patients):
+        entry, used = _patient(services.uploads, p, i, owner_filter)
+        try:  # the first visit's job, as the worker will build it: catches settings JobSpec refuses
+            JobSpec(prior_image=entry["prior"]["image"], prior_mask=entry["prior"]["mask"], roi=entry["prior"]["roi"],
+                    targets=[{"path": entry["visits"][0]["image"], "name": entry["visits"][0]["name"]}], **defaults)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise Problem(422, f"defaults.{'.'.join(map(str, first['loc']))}: {first['msg']}", slug="validation") from None
+        task_id = new_id()
+        names = [v["name"] for v in entry["visits"]]
+        n = len(names)
+        patients.append({"id": p.id, "task": task_id, "visits": n, "visit_names": names})
+        tasks.append({"id": task_id, "kind": PATIENT_TASK, "owner": owner, "queue": "batch",
+                      "batch": {"id": batch_id, "patient": p.id, "index": i},
+                      "spec": {"patient": entry, "chain": body.chain, "defaults": defaults},
+                      "uploads": sorted(used), "targets": names, "model": {"requested": defaults["model"]},
+                      "visits_done": 0, "visit_errors": 0,
+                      "soft_time_limit": settings.job_soft_time_limit_s * n, "time_limit": settings.job_hard_time_limit_s * n})
+    batch = {"id": batch_id, "owner": owner, "chain": body.chain, "defaults": defaults, "patients": patients,
+             "request": body.model_dump(mode="json")}
+    return batch, tasks
+
+
+def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Store (or find, for a replayed Idempotency-Key) the batch; returns (record, replayed)."""
+    digest = body_hash(body)
+    batches = services.batches
+    if idempotency_key is None:
+        batch, tasks = build(services, who, body)
+        record = batches.create({**batch, "body_hash": digest}, tasks)
+    else:
+        check_key(idempotency_key)
+        idem = services.idempotency
+        entry_path = idem.path(who, f"batch\0{idempotency_key}")
+        with idem.locked():
+            if entry_path.exists():
+                entry = json.loads(entry_path.read_text())
+                if entry["body_hash"] != digest:
+                    raise Problem(409, "this Idempotency-Key was already used with a different batch (batch "
+                                  f"{entry['batch_id']}); use a new key for a new batch", slug="idempotency-conflict",
+                                  batch_id=entry["batch_id"])
+                record = batches.get(entry["batch_id"])
+                if record is not None:
+                    return record, True
+            batch, tasks = build(services, who, body)
+            record = batches.create({**batch, "body_hash": digest, "idempotency": entry_path.stem}, tasks)
+            write_json_atomic(entry_path, {"batch_id": record["id"], "body_hash": digest, "key_id": who.key_id,
+                                           "created_at": record["created_at"]})
+    for p in record["patients"]:
+        services.enqueue(p["task"])
+    return record, False

@@ -1,0 +1,152 @@
+"""Batches: many patients x visits on the ``batch`` queue, one task per patient.
+
+POST (with Idempotency-Key), list, status with progress per patient, report (JSON / CSV), the
+per-patient volume plot, cancel + purge. Access as for jobs: ``read`` reads any batch; ``submit``
+submits and reads / deletes its own; ``admin`` everything. Every access is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+
+from p2sam.jobstore import TERMINAL
+
+from ..auth import Principal, principal, require
+from ..batch_schemas import BatchIn, BatchListOut, BatchOut
+from ..batch_submit import submit_batch
+from ..problems import Problem, documented
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def may_read(who: Principal, record: dict) -> bool:
+    return who.has("read") or record.get("owner", {}).get("key_id") == who.key_id
+
+
+def _batch(request: Request, batch_id: str, who: Principal, action: str, *, write: bool = False) -> dict:
+    """The batch record (settled), if ``who`` may read it (or, with ``write``, delete it)."""
+    services = request.app.state.services
+    record = services.batches.settle(batch_id)
+    if record is None:
+        services.audit.write(who, action, batch_id=batch_id if len(batch_id) <= 64 else None, outcome="not-found")
+        raise Problem(404, f"batch {batch_id} not found (GET /v1/batches lists the batches this key may read)",
+                      slug="batch-not-found")
+    own = record.get("owner", {}).get("key_id") == who.key_id
+    allowed = who.is_admin or (own and who.has("submit")) or (not write and who.has("read"))
+    if not allowed:
+        services.audit.write(who, action, batch_id=batch_id, outcome="denied", status=403)
+        need = "admin, or the submitting key" if write else "read, or being the submitting key"
+        raise Problem(403, f"this API key ('{who.name}') may not {'delete' if write else 'read'} batch {batch_id} "
+                      f"(needs: {need})", slug="forbidden")
+    return record
+
+
+def _out(request: Request, record: dict) -> BatchOut:
+    return BatchOut.of(record, request.app.state.services.batches.progress(record))
+
+
+@router.post("", status_code=202, response_model=BatchOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
+async def create_batch(request: Request, body: BatchIn, response: Response, who: Principal = Depends(require("submit")),
+                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255,
+                                                            description="same key + same body -> the same batch; different body -> 409")):
+    """Submit a batch: per patient a prior (image + contour) and visits in order, by upload id, optionally
+    with ground-truth masks; one task per patient runs on the batch queue. 202 + Location."""
+    services = request.app.state.services
+    try:
+        record, replayed = await run_in_threadpool(submit_batch, services, who, body, idempotency_key)
+    except Problem as exc:
+        services.audit.write(who, "batch.submit", outcome="rejected", status=exc.status)
+        raise
+    services.audit.write(who, "batch.submit", batch_id=record["id"], outcome="replayed" if replayed else "ok",
+                         patients=len(record["patients"]))
+    out = await run_in_threadpool(_out, request, record)
+    headers = {"Location": f"/v1/batches/{record['id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers=headers)
+    response.headers.update(headers)
+    return out
+
+
+@router.get("", response_model=BatchListOut, responses=documented(401))
+def list_batches(request: Request, who: Principal = Depends(principal), state: State | None = None,
+                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> BatchListOut:
+    """The batches this key may read, newest first (``read``: all; ``submit``: its own)."""
+    services = request.app.state.services
+    records = [r for r in services.batches.all() if may_read(who, r) and (state is None or r["state"] == state)]
+    records.reverse()
+    page = records[offset:offset + limit]
+    services.audit.write(who, "batch.list", count=len(page))
+    return BatchListOut(batches=[_out(request, r) for r in page], total=len(records), limit=limit, offset=offset)
+
+
+@router.get("/{batch_id}", response_model=BatchOut, responses=documented(401, 403, 404))
+def get_batch(request: Request, batch_id: str, who: Principal = Depends(principal)) -> BatchOut:
+    """State, overall and per-patient progress (visits done / total, errors, attempts), summary when finished."""
+    record = _batch(request, batch_id, who, "batch.read")
+    request.app.state.services.audit.write(who, "batch.read", batch_id=batch_id, state=record["state"])
+    return _out(request, record)
+
+
+def _report_file(request: Request, batch_id: str, who: Principal, name: str) -> tuple[dict, object]:
+    record = _batch(request, batch_id, who, "batch.report")
+    if record.get("purged_at"):
+        raise Problem(410, f"batch {batch_id} was purged (deleted or past retention); its report is gone", slug="purged")
+    if record["state"] not in TERMINAL or record["state"] == "cancelled":
+        raise Problem(409, f"batch {batch_id} is {record['state']}; its report exists once every patient has finished "
+                      f"(GET /v1/batches/{batch_id} shows the progress)", slug="not-finished", state=record["state"])
+    path = request.app.state.services.batches.folder(batch_id) / name
+    if not path.is_file():
+        raise Problem(404, f"batch {batch_id} has no {name}", slug="report-not-found")
+    request.app.state.services.audit.write(who, "batch.report", batch_id=batch_id, file=name)
+    return record, path
+
+
+@router.get("/{batch_id}/report", responses={200: {"description": "report.json: summary + one row per visit",
+                                                   "content": {"application/json": {}}}, **documented(401, 403, 404, 409, 410)})
+def get_report(request: Request, batch_id: str, who: Principal = Depends(principal)):
+    """report.json: per visit volume (+ 90% band of the samples), Dice to the ground truth where given,
+    QC flags, timings, errors; summary with mean Dice per patient."""
+    _, path = _report_file(request, batch_id, who, "report.json")
+    return FileResponse(path, media_type="application/json", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/{batch_id}/report.csv", responses={200: {"description": "one row per visit", "content": {"text/csv": {}}},
+                                                 **documented(401, 403, 404, 409, 410)})
+def get_report_csv(request: Request, batch_id: str, who: Principal = Depends(principal)):
+    """report.csv: the same rows as report.json, for spreadsheets."""
+    _, path = _report_file(request, batch_id, who, "report.csv")
+    return FileResponse(path, media_type="text/csv", filename=f"batch-{batch_id}.csv",
+                        headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/{batch_id}/plots/{patient}", responses={200: {"description": "PNG", "content": {"image/png": {}}},
+                                                      **documented(401, 403, 404, 409, 410)})
+def get_plot(request: Request, batch_id: str, patient: str, who: Principal = Depends(principal)):
+    """The patient's structure volume over visits with the samples' 90% band (PNG)."""
+    record, _ = _report_file(request, batch_id, who, "report.json")
+    if patient not in [p["id"] for p in record["patients"]]:  # ids come from the manifest, never from the URL
+        raise Problem(404, f"batch {batch_id} has no patient '{patient}'", slug="patient-not-found")
+    path = request.app.state.services.batches.folder(batch_id) / patient / "volume.png"
+    if not path.is_file():
+        raise Problem(404, f"no volume plot for patient '{patient}' (none of its visits finished)", slug="plot-not-found")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@router.delete("/{batch_id}", response_model=BatchOut, responses={202: {"model": BatchOut, "description": "cancelling"},
+                                                                   **documented(401, 403, 404)})
+def delete_batch(request: Request, batch_id: str, who: Principal = Depends(principal)):
+    """Cancel every patient still queued or running and purge the batch's inputs and outputs; audited.
+
+    200 when done; 202 while running patients are being stopped (purged when they stop)."""
+    services = request.app.state.services
+    _batch(request, batch_id, who, "batch.delete", write=True)
+    record = services.batches.cancel(batch_id, who.name)
+    status = 200 if record.get("purged_at") else 202
+    services.audit.write(who, "batch.delete", batch_id=batch_id, state=record["state"], purged=status == 200)
+    return JSONResponse(_out(request, record).model_dump(mode="json"), status_code=status)
