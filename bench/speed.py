@@ -26,6 +26,7 @@ import torch
 from segment_anything import SamPredictor
 
 from models import P2SAMConfig, P2SAMEngine, build_sam
+from models.uncertainty import SamplerConfig, sample
 
 from .reference_style import reference_segment
 
@@ -55,7 +56,7 @@ def _median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def measure(backbone: str, image_size: int, n_targets: int) -> dict:
+def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = False) -> dict:
     torch.manual_seed(0)
     sam = build_sam(backbone)
     engine = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 5), neg_range=(1, 1)))
@@ -66,7 +67,10 @@ def measure(backbone: str, image_size: int, n_targets: int) -> dict:
     prior_time = time.perf_counter() - t
     engine.segment(engine.encode(targets[0]), prior)  # warm-up (allocator, threads)
 
-    rows: dict[str, list] = {k: [] for k in ("encode", "p2sam", "unbatched", "persam", "reference", "ref_encode")}
+    rows: dict[str, list] = {k: [] for k in ("encode", "p2sam", "unbatched", "persam", "reference", "ref_encode",
+                                               "product", "sample_prompt_noise", "sample_retrieval")}
+    product = engine.with_config(pos_range=(1, 5), neg_range=(1, 3))
+    product_prior = product.set_prior(prior_img, prior_mask) if sampling else None
     stages: dict[str, list] = {}
     ref_stages: dict[str, list] = {}
     agree_unbatched, agree_reference = [], []
@@ -83,6 +87,14 @@ def measure(backbone: str, image_size: int, n_targets: int) -> dict:
         rows["unbatched"].append(one.timings["total"])
         agree_unbatched.append(res.best.n_pos == one.best.n_pos and bool(np.array_equal(res.mask, one.mask)))
         rows["persam"].append(engine.segment(enc, prior, method="persam").timings["total"])
+        if sampling:
+            # uncertainty: K = 16 samples on top of the product configuration's deterministic result
+            product_res = product.segment(enc, product_prior)
+            rows["product"].append(rows["encode"][-1] + product_res.timings["total"])
+            for kind in ("prompt_noise", "retrieval"):
+                t = time.perf_counter()
+                sample(product, enc, product_res, SamplerConfig(kind=kind, k=16))
+                rows[f"sample_{kind}"].append(time.perf_counter() - t)
         ref = reference_segment(predictor, prior.image.features, prior_mask, target)
         rows["reference"].append(ref.timings["total"] - ref.timings["encode"])
         rows["ref_encode"].append(ref.timings["encode"])
@@ -104,6 +116,9 @@ def measure(backbone: str, image_size: int, n_targets: int) -> dict:
         "speedup_vs_reference": over["reference"] / over["p2sam"],
         "stages": {k: _median(v) for k, v in stages.items()},
         "ref_stages": {k: _median(v) for k, v in ref_stages.items()},
+        "sampling": {k: (_median(rows["product"]) + _median(rows[f"sample_{k}"])) / _median(rows["product"])
+                     for k in ("prompt_noise", "retrieval")} if sampling else {},
+        "product_time": _median(rows["product"]) if sampling else None,
         "agree_unbatched": all(agree_unbatched),
         "agree_reference": agree_reference,
     }
@@ -123,6 +138,10 @@ def print_report(m: dict) -> None:
     for k, label in (("p2sam", "P²SAM batched"), ("unbatched", "P²SAM unbatched"), ("persam", "PerSAM"), ("reference", "reference-style")):
         print(f"{label:<28}{m['overhead'][k]:>12.4f}{m['ratio'][k]:>10.4f}")
     print(f"batched == unbatched (chosen parts and masks): {m['agree_unbatched']}")
+    if m["sampling"]:
+        print(f"uncertainty, K = 16 samples on the product configuration (1-5 x 1-3 parts, {m['product_time']:.3f} s per target):")
+        for kind, ratio in m["sampling"].items():
+            print(f"  {kind:<14} (deterministic + sampling) / deterministic = {ratio:.3f}")
     print("reference-style agreement per target (same part count, mask Dice): "
           + ", ".join(f"({a}, {d:.4f})" for a, d in m["agree_reference"]))
 
@@ -140,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []
     if not args.no_small and args.backbone != "small":
-        results.append(measure("small", 256, max(args.targets, 5)))
-    results.append(measure(args.backbone, args.image_size, args.targets))
+        results.append(measure("small", 256, max(args.targets, 5), sampling=True))
+    results.append(measure(args.backbone, args.image_size, args.targets, sampling=args.backbone == "small"))
     for m in results:
         print_report(m)
     print()
