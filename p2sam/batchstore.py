@@ -77,11 +77,13 @@ class BatchStore:
 
     # --- writing
     def create(self, batch: Record, tasks: list[Record]) -> Record:
-        """Store the batch, then its patient tasks (queued); the caller publishes the tasks."""
-        record = self.records.create({**batch, "stage": "queued", "message": "waiting for a batch worker"})
+        """Store the patient tasks (queued), then the batch; the caller publishes the tasks.
+
+        Tasks first: a batch record is never seen without its tasks (which :meth:`settle` would
+        count as lost); tasks whose batch record was never written settle nothing."""
         for task in tasks:
             self.jobs.create(task)
-        return record
+        return self.records.create({**batch, "stage": "queued", "message": "waiting for a batch worker"})
 
     def settle(self, batch_id: str) -> Record | None:
         """Bring the batch's state in line with its tasks (idempotent; safe from any process):
