@@ -29,6 +29,10 @@ DESCRIPTION = """Patient-adaptive segmentation of follow-up scans (P²SAM on Seg
    with sha256; download them from `/v1/jobs/{id}/artifacts/{target}/{name}`;
 5. `DELETE /v1/jobs/{id}` cancels and purges the patient's data.
 
+Batches (many patients x visits, one task per patient on the batch queue, resumable): `POST /v1/batches`
+with a manifest of upload ids, `GET /v1/batches/{id}` for progress, `/report` and `/report.csv` when done.
+Clinicians review results at `/review` (accept / reject per target: `POST /v1/jobs/{id}/reviews`).
+
 Every request needs an API key (`X-API-Key` or `Authorization: Bearer`); errors are RFC 7807 problem+json.
 """
 

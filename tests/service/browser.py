@@ -26,7 +26,10 @@ BINARIES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def find_chromium() -> str | None:
-    return os.environ.get("P2SAM_CHROMIUM") or next((p for p in map(shutil.which, BINARIES) if p), None)
+    """$P2SAM_CHROMIUM, else the first Chromium / Chrome on the PATH."""
+    if os.environ.get("P2SAM_CHROMIUM"):
+        return shutil.which(os.environ["P2SAM_CHROMIUM"])
+    return next((p for p in map(shutil.which, BINARIES) if p), None)
 
 
 class Chromium:
