@@ -53,23 +53,31 @@ class Chromium:
                 "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
                 "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                 "--window-size=1280,900", "about:blank"]
-        proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         port_file = profile / "DevToolsActivePort"
-        deadline = time.time() + timeout
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.time() > deadline:
-                _kill(proc)
-                raise RuntimeError(f"Chromium did not start:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        pages = []
-        while not pages and time.time() < deadline:
-            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t["type"] == "page"]
-            time.sleep(0.1)
-        ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
+        port_file.unlink(missing_ok=True)  # a stale one from an earlier run names a dead port
+        proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"Chromium did not start:\n{log.read_text(errors='replace')[-2000:]}")
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            pages = []
+            while not pages and time.time() < deadline:
+                pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t["type"] == "page"]
+                time.sleep(0.1)
+            ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
+        except BaseException:
+            _kill(proc)
+            raise
         browser = cls(proc, ws, log)
-        browser.call("Page.enable")
-        browser.call("Runtime.enable")
+        try:
+            browser.call("Page.enable")
+            browser.call("Runtime.enable")
+        except BaseException:
+            browser.close()
+            raise
         return browser
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
