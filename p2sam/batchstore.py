@@ -20,11 +20,13 @@ Records hold upload ids, patient ids of the manifest and visit names only.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .jobstore import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Record, write_json_atomic
 
@@ -96,13 +98,27 @@ class BatchStore:
         states = [t["state"] if t else FAILED for t in tasks]
         if batch["state"] not in TERMINAL:
             if all(s in TERMINAL for s in states):
-                batch = self._finish(batch, tasks, states) or self.get(batch_id)
+                with self._finishing(batch_id):  # one process writes the report; the others then see it finished
+                    batch = self.get(batch_id)
+                    if batch["state"] not in TERMINAL:
+                        batch = self._finish(batch, tasks, states)
+                    batch = batch or self.get(batch_id)
             elif batch["state"] == QUEUED and any(s != QUEUED for s in states):
                 batch = self.records.transition(batch_id, RUNNING, {QUEUED}, reason="a patient started",
                                                 stage="running", message="running") or self.get(batch_id)
         if batch and batch.get("purge_requested") and not batch.get("purged_at") and all(s in TERMINAL for s in states):
             batch = self.purge(batch_id, batch.get("purge_reason") or "deleted")
         return batch
+
+    @contextlib.contextmanager
+    def _finishing(self, batch_id: str) -> Iterator[None]:
+        """Lock held while a batch's report is written (beside, not inside, the record's own lock)."""
+        with open(self.records.jobs_dir / f"{batch_id}.finish.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _finish(self, batch: Record, tasks: list[Record | None], states: list[str]) -> Record | None:
         from .batch import summarise, write_report
