@@ -107,6 +107,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 LAZY_COMMANDS = {
     "train": ("p2sam.train", "fine-tune a backbone (full or LoRA) with the interactive protocol"),
+    "train-latent": ("p2sam.train_latent", "train the latent uncertainty head on a frozen backbone"),
     "serve": ("service.cli", "run the HTTP API (uvicorn)"),
     "worker": ("worker.cli", "run a Celery worker (one per GPU)"),
     "batch": ("p2sam.batch_cli", "run, resume or submit a longitudinal batch from a manifest"),
