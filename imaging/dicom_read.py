@@ -200,9 +200,12 @@ def _pixels(path: Path, source: str) -> tuple[np.ndarray, pydicom.Dataset]:
     try:
         return ds.pixel_array, ds
     except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and not ts.is_compressed:  # plain pixel data that does not fit its header
+            raise UnsupportedFileError(f"{source}: pixel data of {path.name} is truncated or does not match its "
+                                       f"Rows/Columns/BitsAllocated ({type(exc).__name__})") from None
         raise UnsupportedFileError(f"{source}: cannot decode pixel data of {path.name} (transfer syntax "
-                                   f"{ts}): {type(exc).__name__}; install a decoder such as pylibjpeg") from None
+                                   f"{ts or 'unknown'}): {type(exc).__name__}; install a decoder such as pylibjpeg") from None
 
 
 def volume_from_series(items: list[tuple[Path, pydicom.Dataset]], source: str) -> Volume:
