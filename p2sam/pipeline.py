@@ -66,8 +66,13 @@ def run_job(
     progress: ProgressFn | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     settings: Settings | None = None,
+    on_model: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Segment every target of ``spec``; returns the job summary (also in each result.json)."""
+    """Segment every target of ``spec``; returns the job summary (also in each result.json).
+
+    ``on_model`` is told the model (name, backbone, sha256) as soon as it is loaded, so a job's
+    status can show it while the job still runs.
+    """
     settings = settings or get_settings()
     pool = pool or default_pool()
     out_dir = Path(out_dir)
@@ -97,6 +102,8 @@ def run_job(
         "prior": {"digest": _digest(prior.array, prior_mask), "roi": roi_name},
     }
 
+    if on_model is not None:
+        on_model(provenance["model"])
     names = target_names(spec)
     targets: list[dict[str, Any]] = []
     n = len(spec.targets)

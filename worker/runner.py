@@ -187,6 +187,8 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 else:
                     spec = job_spec(record, store.data_dir)
                     summary = run_job(spec, out_dir, pool=pool, progress=reporter.progress,
+                                      on_model=lambda model: reporter.progress("loading", 0.04, "model loaded",
+                                                                               model={**record.get("model", {}), **model}),
                                       is_cancelled=reporter.is_cancelled, settings=settings)
                 break
             except Exception as exc:
