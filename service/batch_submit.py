@@ -119,9 +119,9 @@ def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str |
                 if record is not None:
                     return record, True
             batch, tasks = build(services, who, body)
+            # entry first, then the batch (see service.submit: never a batch without its entry)
+            write_json_atomic(entry_path, {"batch_id": batch["id"], "body_hash": digest, "key_id": who.key_id})
             record = batches.create({**batch, "body_hash": digest, "idempotency": entry_path.stem}, tasks)
-            write_json_atomic(entry_path, {"batch_id": record["id"], "body_hash": digest, "key_id": who.key_id,
-                                           "created_at": record["created_at"]})
     for p in record["patients"]:
         services.enqueue(p["task"])
     return record, False

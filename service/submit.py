@@ -99,9 +99,10 @@ def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -
             record = services.store.get(entry["job_id"])
             if record is not None:
                 return record, True
-        record = services.store.create({**build_record(services, who, body), "body_hash": digest,
-                                        "idempotency": entry_path.stem})
-        write_json_atomic(entry_path, {"job_id": record["id"], "body_hash": digest, "key_id": who.key_id,
-                                       "created_at": record["created_at"]})
+        # The key's entry is written BEFORE the job: a crash in between leaves an entry whose job
+        # does not exist (the next request with the key creates it), never a job without its entry.
+        draft = {**build_record(services, who, body), "body_hash": digest, "idempotency": entry_path.stem}
+        write_json_atomic(entry_path, {"job_id": draft["id"], "body_hash": digest, "key_id": who.key_id})
+        record = services.store.create(draft)
     services.enqueue(record["id"])
     return record, False
