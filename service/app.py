@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.stop()
 
     app = FastAPI(title="P²SAM segmentation service", version=p2sam.__version__, description=DESCRIPTION,
-                  lifespan=lifespan, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+                  lifespan=lifespan, openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    _offline_docs(app)
     app.state.services = services
     problems.install(app)
     problems.document_problems(app)
@@ -59,6 +60,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI served from this process (hospital networks are often offline)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="P²SAM API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
 
 def app_from_env() -> FastAPI:

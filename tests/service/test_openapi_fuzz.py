@@ -23,7 +23,9 @@ def test_openapi_is_served(stack):
             "/v1/jobs/{job_id}/artifacts/{target}/{name}", "/v1/jobs/{job_id}/reviews", "/v1/batches",
             "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/report", "/v1/batches/{batch_id}/report.csv",
             "/v1/batches/{batch_id}/plots/{patient}", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
-    assert httpx.get(f"{stack.url}/docs").status_code == 200
+    docs = httpx.get(f"{stack.url}/docs")
+    assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text  # no CDN: works offline
+    assert httpx.get(f"{stack.url}/docs/assets/swagger-ui-bundle.js").status_code == 200
 
 
 def _wait_ready(stack, timeout=60):
