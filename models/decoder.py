@@ -174,8 +174,8 @@ def _decode(
     if src.shape[0] != b:
         src = src.expand(b, -1, -1, -1)
     h, w = src.shape[2:]
-    keys = src.flatten(2).permute(0, 2, 1)
-    key_pe = sam.prompt_encoder.get_dense_pe().flatten(2).permute(0, 2, 1)
+    keys = src.flatten(2).transpose(1, 2).contiguous()  # B x HW x C, laid out once for every projection
+    key_pe = _dense_pe(sam)
 
     # PerSAM's reference mutates the point embedding in place, so the token positional term
     # carries the target embedding too: reproduce that.
@@ -193,12 +193,11 @@ def _decode(
         queries = layer.norm1(queries)
         # tokens attend to the image (PerSAM's location bias applies here)
         q = queries + point_pe
-        k = keys + key_pe
+        k = keys + key_pe  # the image side is unchanged until norm4: used by both attentions
         queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys, None, attn_sim, guidance))
         queries = layer.norm3(queries + layer.mlp(queries))
         # image attends to the tokens (tokens are keys: mask padding)
         q = queries + point_pe
-        k = keys + key_pe
         keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, q, queries, key_bias))
     q = queries + point_pe
     if target_embedding is not None:
@@ -212,6 +211,20 @@ def _decode(
     masks = _upscale_and_project(md.output_upscaling, keys, hyper, h, w)
     iou = md.iou_prediction_head(iou_token_out)[:, list(wanted)]
     return masks, iou
+
+
+def _dense_pe(sam: Sam) -> torch.Tensor:
+    """The positional encoding of the image grid (1 x HW x C), cached until the model's random
+    Fourier matrix changes (another device, or new weights loaded into it)."""
+    encoder = sam.prompt_encoder
+    matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+    key = (matrix.device, matrix.data_ptr(), matrix._version)
+    cached = getattr(encoder, "_p2sam_dense_pe", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, encoder.get_dense_pe().flatten(2).transpose(1, 2).contiguous())
+        encoder._p2sam_dense_pe = cached
+    return cached[1]
 
 
 def _upscale_and_project(upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:

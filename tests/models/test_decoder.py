@@ -71,3 +71,20 @@ def test_chunked_decoding_gives_the_same_answer():
     whole, iou_whole = decode(sam, features, prompts, chunk_tokens=10**9)
     chunked, iou_chunked = decode(sam, features, prompts, chunk_tokens=128)  # 2 candidates per chunk
     assert torch.allclose(whole, chunked, atol=1e-4) and torch.allclose(iou_whole, iou_chunked, atol=1e-5)
+
+
+def test_positional_encoding_cache_follows_new_weights():
+    """Loading other weights into a model that has already decoded must not reuse a stale encoding."""
+    sam, features = _setup()
+    prompts = encode_prompts(sam, [torch.tensor([[20.0, 30.0]])], [torch.tensor([1.0])])
+    before, _ = decode(sam, features, prompts)
+    state = sam.state_dict()
+    state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn_like(
+        state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
+    sam.load_state_dict(state)
+    prompts = encode_prompts(sam, [torch.tensor([[20.0, 30.0]])], [torch.tensor([1.0])])
+    after, _ = decode(sam, features, prompts)
+    sparse, dense = sam.prompt_encoder(points=(torch.tensor([[[20.0, 30.0]]]), torch.tensor([[1.0]])), boxes=None, masks=None)
+    reference, _ = sam.mask_decoder(features, sam.prompt_encoder.get_dense_pe(), sparse, dense, False)
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, reference, atol=1e-4)
