@@ -46,6 +46,7 @@ from .quality import PRIOR_INDEX, PRODUCT_CONFIG, UNSCORED, find_sequences
 
 RULES = ["direct", "w_sq", "w_cos", "w_sq+d", "w_cos+d", "iou", "w_cos-iou", "proto", "consensus", "consensus+d", "w_cos+area", "w_2side", "w_2side+d", "linear", "linear+d", "vote", "vote+d", "wvote+d", "oracle"]
 FUSED = ("vote", "vote+d", "wvote+d")
+TWO_SIDED = False  # --two-sided
 
 
 def _pick(scores: list[float], allowed: list[bool]) -> int:
@@ -66,9 +67,9 @@ def prior_classifier(prior):
     return LogisticRegression(C=1.0, class_weight="balanced", max_iter=500).fit(x, y)
 
 
-def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list[np.ndarray], dict[str, int]]:
-    """Candidate masks (original size) and the index each rule picks; fused masks are appended
-    to the list and picked by their index."""
+def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list[np.ndarray], dict[str, int], dict]:
+    """Candidate masks (original size), the index each rule picks (fused masks are appended to
+    the list and picked by their index) and the per-candidate signals (for ``--dump``)."""
     res = engine.segment(enc, prior, method="p2sam")
     cands = res.candidates
     n = len(cands)
@@ -98,8 +99,10 @@ def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list
         idx = [i for i in range(n) if allowed[i]]
         return [(-agree[i, idx].sum() / max(1, len(idx) - 1)) if allowed[i] and areas[i] > 0 else math.inf for i in range(n)]
 
-    bg_t = [feats[~on_grid[i]] for i in range(n)]
-    w_bg = [wasserstein(prior.bg_features, b, "cosine") if len(b) else math.inf for b in bg_t]
+    if TWO_SIDED:
+        w_bg = [wasserstein(prior.bg_features, feats[~on_grid[i]], "cosine") if bool((~on_grid[i]).any()) else math.inf for i in range(n)]
+    else:  # background transport is ~1000 x 1000 cells per candidate: off unless asked for
+        w_bg = [0.0] * n
     w_2side = [a + b for a, b in zip(w_cos, w_bg)]
     if clf is not None:
         flat = feats.reshape(-1, feats.shape[-1]).float()
@@ -115,6 +118,11 @@ def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list
         "vote": prob[torch.tensor(prompted)].mean(0) > 0.5,
         "vote+d": prob.mean(0) > 0.5,
         "wvote+d": (weights[:, None, None] * prob).sum(0) > 0.5,
+    }
+    signals = {
+        "n_pos": [c.n_pos for c in cands], "n_neg": [c.n_neg for c in cands], "w_sq": w_sq, "w_cos": w_cos,
+        "w_bg": w_bg, "iou": iou, "proto": proto, "area": [float(a) for a in areas], "prior_area": prior_area,
+        "agree": agree.tolist(), "linear": [-v for v in soft], "cells": [c.cells for c in cands],
     }
     picks = {}
     for name, m in fused.items():
@@ -137,7 +145,7 @@ def frame_choices(engine, prior, prior_area: float, enc, clf=None) -> tuple[list
         "consensus+d": _pick(consensus(everyone), everyone),
         "w_cos+area": _pick([w + 0.05 * a for w, a in zip(w_cos, area_term)], everyone),
     }
-    return masks, picks
+    return masks, picks, signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--two-sided", action="store_true", help="also compute the (slow) background transport for w_2side")
+    parser.add_argument("--dump", default=None, help="write every frame's candidate signals and Dice (JSON) for offline analysis")
     args = parser.parse_args(argv)
+    global TWO_SIDED
+    TWO_SIDED = args.two_sided
     sequences = find_sequences(args.data) if Path(args.data).is_dir() else {}
     if args.sequences:
         sequences = {k: v for k, v in sequences.items() if k in args.sequences}
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seq: dict[str, dict[str, list[float]]] = {}
     hits = {r: 0 for r in RULES}
     frames_total = 0
+    records: list[dict] = []
     for name, frames in sequences.items():
         if len(frames) <= UNSCORED:
             continue
@@ -168,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         clf = prior_classifier(prior)
         for f in frames[UNSCORED:]:
             enc, truth = engine.encode(read_rgb(f.image)), read_mask(f.mask)
-            masks, picks = frame_choices(engine, prior, float(prior_mask.sum()), enc, clf)
+            masks, picks, signals = frame_choices(engine, prior, float(prior_mask.sum()), enc, clf)
             d = [dice(m, truth) for m in masks]
+            records.append({"sequence": name, "frame": f.number, "dice": d[: len(signals["iou"])], "fused": {k: d[picks[k]] for k in FUSED}, **signals})
             picks["oracle"] = int(np.argmax(d[: len(masks) - len(FUSED)]))
             for r in RULES:
                 scores[r].append(d[picks[r]])
@@ -177,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             frames_total += 1
         per_seq[name] = scores
         log(f"{name}: " + " ".join(f"{r}={np.mean(v):.3f}" for r, v in scores.items()))
+    if args.dump:
+        import json
+
+        Path(args.dump).write_text(json.dumps(records))
     means = {r: float(np.mean([np.mean(s[r]) for s in per_seq.values()])) for r in RULES}
     print(f"selection study: {model}; {len(per_seq)} sequences, {frames_total} scored frames; engine {config}")
     print(table(["rule", "mean Dice", "picks oracle"], [[r, means[r], f"{hits[r] / max(1, frames_total):.0%}"] for r in RULES]))

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from .cascade import CascadeInput, run_cascade
 from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
+from .features import capture, combine
 from .parts import argmax_xy, kmeans_prototypes, mask_to_grid, similarity_maps
 from .regraf import RegrafConfig, refine_points
 from .retrieval import Cost, pick_best, wasserstein
@@ -51,6 +52,7 @@ class P2SAMConfig:
     kmeans_seed: int = 0
     kmeans_n_init: int = 10
     kmeans_space: Literal["raw", "normalized"] = "raw"  # features k-means clusters: raw (reference) or L2-normalised
+    retrieval_layer: str | None = None  # also transport this encoder layer's features (models/features.py); None: reference
     multimask_cascade: bool | None = None  # None: natural -> True (PerSAM), medical -> False (P²SAM)
     guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
     direct_candidate: bool = False  # also offer the no-prompt prediction to retrieval
@@ -69,6 +71,7 @@ class EncodedImage:
     features: torch.Tensor
     original_size: tuple[int, int]  # (H, W) of the image given
     input_size: tuple[int, int]  # (h, w) after resizing the longest side, before padding
+    retrieval: torch.Tensor | None = None  # 1 x C' x g x g retrieval features (P2SAMConfig.retrieval_layer)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Prior:
     seed: int
     n_init: int
     normalized: bool = False  # k-means on L2-normalised features (P2SAMConfig.kmeans_space)
+    fg_retrieval: torch.Tensor | None = None  # Nf x C' retrieval-layer features under the mask (if configured)
     pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
     neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -190,8 +194,14 @@ class P2SAMEngine:
         image = as_rgb(image)
         resized = self.transform.apply_image(image)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        features = self.sam.image_encoder(self.sam.preprocess(x))
-        return EncodedImage(features=features, original_size=tuple(image.shape[:2]), input_size=tuple(resized.shape[:2]))
+        retrieval = None
+        if self.config.retrieval_layer:
+            with capture(self.sam.image_encoder, self.config.retrieval_layer) as layer:
+                features = self.sam.image_encoder(self.sam.preprocess(x))
+            retrieval = combine(features, layer["out"])
+        else:
+            features = self.sam.image_encoder(self.sam.preprocess(x))
+        return EncodedImage(features=features, original_size=tuple(image.shape[:2]), input_size=tuple(resized.shape[:2]), retrieval=retrieval)
 
     @torch.inference_mode()
     def set_prior(self, image: np.ndarray | EncodedImage, mask: np.ndarray) -> Prior:
@@ -208,6 +218,7 @@ class P2SAMEngine:
             image=encoded,
             grid_mask=grid_mask,
             fg_features=feats[grid_mask],
+            fg_retrieval=None if encoded.retrieval is None else encoded.retrieval[0].permute(1, 2, 0)[grid_mask],
             bg_features=feats[~grid_mask],
             mean_embedding=feats[grid_mask].mean(0),
             seed=self.config.kmeans_seed,
@@ -279,7 +290,10 @@ class P2SAMEngine:
 
         t = time.perf_counter()
         on_grid = logits_on_grid(low_res, self.grid) > 0
+        reference = prior.fg_features if prior is not None else None
         target_feats = enc.features[0].permute(1, 2, 0)
+        if prior is not None and prior.fg_retrieval is not None and enc.retrieval is not None:
+            reference, target_feats = prior.fg_retrieval, enc.retrieval[0].permute(1, 2, 0)
         seen: dict[bytes, float] = {}  # candidates whose masks cover the same cells share one OT solve
         for i, cand in enumerate(cands):
             cand.iou_pred = float(iou[i, 0])
@@ -287,7 +301,7 @@ class P2SAMEngine:
             if prior is not None:
                 key = on_grid[i].cpu().numpy().tobytes()
                 if key not in seen:
-                    seen[key] = wasserstein(prior.fg_features, target_feats[on_grid[i]], cfg.cost)
+                    seen[key] = wasserstein(reference, target_feats[on_grid[i]], cfg.cost)
                 cand.distance = seen[key]
         timings["transport"] = time.perf_counter() - t
 

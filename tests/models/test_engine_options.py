@@ -36,3 +36,29 @@ def test_kmeans_space_reaches_the_prior():
     engine = P2SAMEngine(color_sam(), P2SAMConfig(kmeans_space="normalized", pos_range=(1, 2)))
     prior = engine.set_prior(img, mask)
     assert prior.normalized and prior.parts(2) is not None
+
+
+def test_retrieval_layer_adds_normalised_features_to_the_transport():
+    import pytest
+
+    from tests.finetune.helpers import tiny_small
+
+    sam = tiny_small()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    mask = np.zeros((48, 64), bool)
+    mask[10:40, 20:50] = True
+    ref = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 2)))
+    deep = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 2), retrieval_layer="stage4"))
+    enc = deep.encode(img)
+    assert enc.retrieval.shape == (1, 256 + 16, 8, 8)
+    norms = enc.retrieval[0].norm(dim=0)
+    assert torch.allclose(norms, torch.full_like(norms, 2**0.5), atol=1e-4)  # two unit-norm halves
+    prior = deep.set_prior(enc, mask)
+    assert prior.fg_retrieval is not None and len(prior.fg_retrieval) == len(prior.fg_features)
+    a, b = ref.segment(img, ref.set_prior(img, mask)), deep.segment(enc, prior)
+    assert [c.n_pos for c in a.candidates] == [c.n_pos for c in b.candidates]
+    assert all(d <= 8.0 for d in (c.distance for c in b.candidates) if np.isfinite(d))  # |a - b|^2 <= (2 sqrt 2)^2
+    assert ref.encode(img).retrieval is None
+    with pytest.raises(ValueError, match="retrieval_layer"):
+        P2SAMEngine(sam, P2SAMConfig(retrieval_layer="no_such_layer")).encode(img)
