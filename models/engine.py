@@ -32,7 +32,7 @@ from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_l
 from .features import capture, combine
 from .parts import argmax_xy, kmeans_prototypes, mask_to_grid, similarity_maps
 from .regraf import RegrafConfig, refine_points
-from .retrieval import Cost, pick_best, wasserstein
+from .retrieval import Cost, mask_area_fraction, pick_best, size_aware_scores, wasserstein
 
 Method = Literal["p2sam", "fixed", "persam", "direct"]
 
@@ -52,6 +52,7 @@ class P2SAMConfig:
     kmeans_seed: int = 0
     kmeans_n_init: int = 10
     kmeans_space: Literal["raw", "normalized"] = "raw"  # features k-means clusters: raw (reference) or L2-normalised
+    size_weight: float = 0.0  # retrieval score W / median W + size_weight x |ln(area / prior area)|; 0: reference
     retrieval_layer: str | None = None  # also transport this encoder layer's features (models/features.py); None: reference
     multimask_cascade: bool | None = None  # None: natural -> True (PerSAM), medical -> False (P²SAM)
     guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
@@ -86,6 +87,7 @@ class Prior:
     seed: int
     n_init: int
     normalized: bool = False  # k-means on L2-normalised features (P2SAMConfig.kmeans_space)
+    area: float = 0.0  # fraction of the prior image inside the prior mask
     fg_retrieval: torch.Tensor | None = None  # Nf x C' retrieval-layer features under the mask (if configured)
     pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
     neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
@@ -110,6 +112,8 @@ class Candidate:
     distance: float = math.inf  # Wasserstein distance to the prior's foreground features
     iou_pred: float = 0.0
     cells: int = 0  # feature-grid cells inside the candidate mask
+    area: float = 0.0  # fraction of the image inside the candidate mask
+    score: float = math.inf  # retrieval score (= distance unless P2SAMConfig.size_weight > 0)
     box: np.ndarray | None = None  # step-(c) box (x0, y0, x1, y1), original pixels
     unrefined_points: np.ndarray | None = None  # the points before ReGRAF refinement, if it ran
 
@@ -122,6 +126,8 @@ class Candidate:
             "distance": None if math.isinf(self.distance) else self.distance,
             "iou_pred": self.iou_pred,
             "cells": self.cells,
+            "area": self.area,
+            "score": None if math.isinf(self.score) else self.score,
             "box": None if self.box is None else self.box.tolist(),
             "unrefined_points": None if self.unrefined_points is None else self.unrefined_points.tolist(),
         }
@@ -218,6 +224,7 @@ class P2SAMEngine:
             image=encoded,
             grid_mask=grid_mask,
             fg_features=feats[grid_mask],
+            area=float(mask.mean()),
             fg_retrieval=None if encoded.retrieval is None else encoded.retrieval[0].permute(1, 2, 0)[grid_mask],
             bg_features=feats[~grid_mask],
             mean_embedding=feats[grid_mask].mean(0),
@@ -306,7 +313,15 @@ class P2SAMEngine:
         timings["transport"] = time.perf_counter() - t
 
         if method == "p2sam":
-            chosen = pick_best([c.distance for c in cands])
+            scores = [c.distance for c in cands]
+            if cfg.size_weight > 0:
+                areas = mask_area_fraction(low_res, enc.input_size, self.sam.image_encoder.img_size)
+                scores = size_aware_scores(scores, areas, prior.area, cfg.size_weight)
+                for cand, area in zip(cands, areas):
+                    cand.area = area
+            for cand, score in zip(cands, scores):
+                cand.score = score
+            chosen = pick_best(scores)
         else:
             chosen = 0 if cands[0].cells > 0 or method == "direct" else None
         if cfg.regraf is not None and method != "direct" and chosen is not None and chosen < len(inputs):

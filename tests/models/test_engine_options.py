@@ -62,3 +62,34 @@ def test_retrieval_layer_adds_normalised_features_to_the_transport():
     assert ref.encode(img).retrieval is None
     with pytest.raises(ValueError, match="retrieval_layer"):
         P2SAMEngine(sam, P2SAMConfig(retrieval_layer="no_such_layer")).encode(img)
+
+
+def test_size_aware_scores_prefer_the_prior_size_and_keep_empty_candidates_out():
+    import math
+
+    from models.retrieval import mask_area_fraction, size_aware_scores
+
+    # a small candidate with the lowest W loses to one of the prior's size once size counts
+    distances, areas = [1.0, 1.5, math.inf], [0.01, 0.1, 0.0]
+    assert size_aware_scores(distances, areas, 0.1, 0.0) == [1.0 / 1.25, 1.5 / 1.25, math.inf]
+    scores = size_aware_scores(distances, areas, 0.1, 1.0)
+    assert scores[1] < scores[0] and math.isinf(scores[2])
+    assert size_aware_scores([math.inf], [0.0], 0.1, 1.0) == [math.inf]
+    low = torch.full((2, 1, 16, 16), -1.0)
+    low[0, 0, :4, :8] = 1.0  # 32 of the 8 x 16 valid cells (input 32 x 64 of a 64 frame)
+    assert mask_area_fraction(low, (32, 64), 64) == [0.25, 0.0]
+
+
+def test_size_weight_changes_only_the_choice():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    ref = P2SAMEngine(color_sam(), P2SAMConfig(pos_range=(1, 3)))
+    sized = ref.with_config(size_weight=1.0)
+    a, b = ref.segment(img, ref.set_prior(img, mask)), sized.segment(img, sized.set_prior(img, mask))
+    assert [c.distance for c in a.candidates] == [c.distance for c in b.candidates]
+    assert all(c.score == c.distance for c in a.candidates)
+    assert all(0.0 <= c.area <= 1.0 for c in b.candidates)
+    best = min(range(len(b.candidates)), key=lambda i: (b.candidates[i].score, i))
+    assert b.chosen in (best, None)
