@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from models import P2SAMEngine
+from models.regraf import RegrafConfig
 
 from .common import DEFAULT_WEIGHTS, dice, log, make_engine, parse_overrides, read_mask, read_rgb, table
 
@@ -64,41 +66,49 @@ def find_sequences(root: str | Path) -> dict[str, list[Frame]]:
     return out
 
 
-def method_names() -> list[str]:
-    return ["direct", "persam"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"]
+def method_names(regraf: bool = False) -> list[str]:
+    return ["direct", "persam"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"] + (["regraf"] if regraf else [])
 
 
-def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False) -> dict:
+def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False, regraf: P2SAMEngine | None = None) -> dict:
     """Dice of every method on the scored frames of one sequence.
 
-    Returns ``{"frames": [n, ...], "dice": {method: [per scored frame]}, "chosen": [(n_pos, n_neg)]}``;
-    with ``oracle``, also the best retrieval candidate per frame (``"oracle"``, a diagnostic).
+    Returns ``{"frames": [n, ...], "dice": {method: [per scored frame]}, "chosen": [(n_pos, n_neg)],
+    "seconds": {"p2sam": [...], "regraf": [...]}}``; with ``oracle``, also the best retrieval
+    candidate per frame (``"oracle"``, a diagnostic); with ``regraf`` (the same engine with ReGRAF
+    on), P²SAM + ReGRAF (``"regraf"``) and its wall time per target next to plain P²SAM's.
     """
     encoded = [engine.encode(read_rgb(f.image)) for f in frames]
     truths = [read_mask(f.mask) for f in frames]
     prior = engine.set_prior(encoded[PRIOR_INDEX], truths[PRIOR_INDEX])
-    scores: dict[str, list[float]] = {m: [] for m in method_names() + (["oracle"] if oracle else [])}
+    names = method_names(regraf is not None)
+    scores: dict[str, list[float]] = {m: [] for m in names + (["oracle"] if oracle else [])}
+    seconds: dict[str, list[float]] = {"p2sam": [], "regraf": []}
     scored, chosen = [], []
     for i, (enc, truth) in enumerate(zip(encoded, truths)):
-        results = {
-            "direct": engine.segment(enc, None, method="direct"),
-            "persam": engine.segment(enc, prior, method="persam"),
-            "p2sam": engine.segment(enc, prior, method="p2sam"),
-        }
+        t = time.perf_counter()
+        results = {"p2sam": engine.segment(enc, prior, method="p2sam")}
+        seconds["p2sam"].append(time.perf_counter() - t)
+        results["direct"] = engine.segment(enc, None, method="direct")
+        results["persam"] = engine.segment(enc, prior, method="persam")
+        if regraf is not None:
+            t = time.perf_counter()
+            results["regraf"] = regraf.segment(enc, prior, method="p2sam")
+            seconds["regraf"].append(time.perf_counter() - t)
         for n in FIXED_NS:
             if prior.parts(n) is not None:
                 results[f"fixed{n}"] = engine.segment(enc, prior, method="fixed", n_pos=n)
         if i < UNSCORED:  # predicted (the protocol runs every frame) but not scored
             continue
         scored.append(frames[i].number)
-        for name in method_names():
+        for name in names:
             # a part count the prior cannot provide scores as an empty prediction
             scores[name].append(dice(results[name].mask, truth) if name in results else dice(np.zeros_like(truth), truth))
         best = results["p2sam"].best
         chosen.append((best.n_pos, best.n_neg) if best else None)
         if oracle:
             scores["oracle"].append(_oracle(engine, results["p2sam"], enc, truth))
-    return {"frames": scored, "dice": scores, "chosen": chosen}
+    return {"frames": scored, "dice": scores, "chosen": chosen, "seconds": seconds}
 
 
 def _oracle(engine: P2SAMEngine, result, enc, truth: np.ndarray) -> float:
@@ -120,8 +130,9 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
             "p2sam_retrieval": means.get("p2sam"),
             "frames_scored": len(res["frames"]),
         }
-        if "oracle" in means:
-            entry["oracle"] = means["oracle"]
+        for extra in ("oracle", "regraf"):
+            if extra in means:
+                entry[extra] = means[extra]
         seq_means[name] = entry
     names = [n for n, e in seq_means.items() if e["frames_scored"]]
 
@@ -136,17 +147,22 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
         "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
         "per_sequence": seq_means,
     }
-    if names and all("oracle" in seq_means[n] for n in names):
-        out["oracle"] = over(lambda e: e["oracle"])
+    for extra in ("oracle", "regraf"):
+        if names and all(extra in seq_means[n] for n in names):
+            out["p2sam_regraf" if extra == "regraf" else extra] = over(lambda e, x=extra: e[x])
+    timed = {k: [s for r in per_sequence.values() for s in r.get("seconds", {}).get(k, [])] for k in ("p2sam", "regraf")}
+    out["seconds_per_target"] = {k: float(np.mean(v)) for k, v in timed.items() if v}
     return out
 
 
 def print_table(summary: dict, model: str, chosen: Counter) -> None:
-    oracle = "oracle" in summary
-    header = ["sequence", "frames", "direct", "PerSAM"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"] + (["oracle"] if oracle else [])
+    oracle, regraf = "oracle" in summary, "p2sam_regraf" in summary
+    header = (["sequence", "frames", "direct", "PerSAM"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"]
+              + (["+ReGRAF"] if regraf else []) + (["oracle"] if oracle else []))
 
     def row(name, e, frames):
         vals = [e["direct"], e["persam"]] + [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]]
+        vals += [e.get("regraf", e.get("p2sam_regraf"))] if regraf else []
         return [name, frames] + vals + ([e["oracle"]] if oracle else [])
 
     rows = [row(n, e, e["frames_scored"]) for n, e in summary["per_sequence"].items()]
@@ -159,6 +175,10 @@ def print_table(summary: dict, model: str, chosen: Counter) -> None:
         f"retrieval - direct {100 * (summary['p2sam_retrieval'] - summary['direct']):+.1f} points; "
         f"- PerSAM {100 * (summary['p2sam_retrieval'] - summary['persam']):+.1f}; - best fixed n {100 * (summary['p2sam_retrieval'] - fixed_best):+.1f}"
     )
+    if regraf:
+        sec = summary["seconds_per_target"]
+        print(f"ReGRAF (T=5, eta=1e-3, gamma=0.1): {100 * (summary['p2sam_regraf'] - summary['p2sam_retrieval']):+.2f} Dice points; "
+              f"time per target {sec['regraf']:.3f} s vs {sec['p2sam']:.3f} s without ({sec['regraf'] / sec['p2sam']:.2f}x)")
     print("retrieval chose (n_pos, n_neg): " + ", ".join(f"{k}: {v}" for k, v in sorted(chosen.items(), key=lambda kv: str(kv[0]))))
 
 
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine settings (P2SAMConfig), e.g. cost=cosine")
     parser.add_argument("--oracle", action="store_true", help="also report the best retrieval candidate per frame (diagnostic)")
+    parser.add_argument("--regraf", action="store_true", help="add a column: P²SAM with ReGRAF refinement (and its time per target)")
     parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -181,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = {**PRODUCT_CONFIG, **parse_overrides(args.set)}
     engine, model = make_engine(args.weights, args.threads, **config)
+    regraf = engine.with_config(regraf=RegrafConfig()) if args.regraf else None
     per_sequence, chosen = {}, Counter()
     for name, frames in sequences.items():
         if len(frames) <= UNSCORED:
             log(f"{name}: {len(frames)} frames, nothing to score (the first {UNSCORED} are not scored)")
             continue
-        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle)
+        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle, regraf=regraf)
         chosen.update(c for c in per_sequence[name]["chosen"] if c)
         log(f"{name}: {len(frames)} frames, P²SAM {np.mean(per_sequence[name]['dice']['p2sam']):.3f}")
     summary = summarize(per_sequence)

@@ -70,14 +70,17 @@ def test_mean_per_sequence_then_over_sequences():
 def test_cli_prints_the_table_and_writes_json(fake_cvc, tmp_path, capsys):
     root, weights = fake_cvc
     out = tmp_path / "q.json"
-    assert quality.main(["--data", str(root), "--weights", str(weights), "--json", str(out), "--set", "pos_range=(1,2)", "neg_range=(1,1)", "--threads", "1"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    assert quality.main(["--data", str(root), "--weights", str(weights), "--json", str(out), "--set", "pos_range=(1,2)", "neg_range=(1,1)", "--threads", "1", "--regraf"]) == 0
+    text = capsys.readouterr().out
+    lines = text.strip().splitlines()
+    assert "+ReGRAF" in text and "ReGRAF (T=5" in text
     assert lines[-1].startswith("p2sam_dice ")
     data = json.loads(out.read_text())
     assert set(data) >= {"direct", "persam", "p2sam_fixed", "p2sam_retrieval", "per_sequence"}
     assert set(data["p2sam_fixed"]) == {"1", "2", "3", "4", "5"}
     assert set(data["per_sequence"]) == {"seqA", "seqB"}  # "short" has nothing to score
     assert float(lines[-1].split()[1]) == pytest.approx(data["p2sam_retrieval"], abs=1e-4)
+    assert 0.0 <= data["p2sam_regraf"] <= 1.0 and data["seconds_per_target"]["regraf"] > 0
 
 
 def test_missing_data_skips_with_a_message(tmp_path, capsys):
