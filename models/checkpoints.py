@@ -37,6 +37,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def write_checkpoint(payload: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
 def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Any:
     """Load a checkpoint file onto the CPU.
 

@@ -60,11 +60,9 @@ class LatentHead(nn.Module):
 def save_latent(head: LatentHead, path: str | Path, base_sha256: str, card: dict[str, Any]) -> Path:
     payload = {"format": LATENT_FORMAT, "config": head.config, "base_sha256": base_sha256, "card": card,
                "state_dict": {k: v.contiguous() for k, v in head.state_dict().items()}}
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    from .checkpoints import write_checkpoint
+
+    return write_checkpoint(payload, path)
 
 
 def load_latent(path: str | Path, base_sha256: str | None = None) -> LatentHead:

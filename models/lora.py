@@ -17,7 +17,7 @@ from peft.tuners.lora import LoraLayer
 from segment_anything.modeling import Sam
 from torch import nn
 
-from .checkpoints import LORA_FORMAT, CheckpointError, read_checkpoint
+from .checkpoints import LORA_FORMAT, CheckpointError, read_checkpoint, write_checkpoint
 
 TARGET_MODULES = r".*blocks\.\d+\.attn\.(qkv|proj)"
 # Modules trained in full alongside LoRA (paper appendix B).
@@ -49,12 +49,7 @@ def save_lora_file(sam: Sam, path: str | Path, base_backbone: str, base_sha256: 
         "trained_state_dict": {k: v.contiguous() for k, v in trained.items()},
         "card": card or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_checkpoint(payload, path)
 
 
 def _base_state(sam: Sam) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from .checkpoints import (
     load_state_dict_strict,
     normalize_keys,
     read_checkpoint,
+    write_checkpoint,
 )
 from .small_encoder import SmallImageEncoder
 
@@ -192,9 +193,4 @@ def save_weights(sam: Sam, path: str | Path, backbone: str, config: dict[str, An
         for k, v in sam.state_dict().items()
     }
     payload = {"format": WEIGHTS_FORMAT, "backbone": backbone, "config": config or {}, "card": card, "state_dict": state}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_checkpoint(payload, path)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import write_checkpoint
+
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.05) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices/kernels only (not on biases, norms or embeddings)."""
@@ -57,12 +59,7 @@ def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
 
 def save_state(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write atomically (a crash mid-write leaves the previous file intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_checkpoint(payload, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
