@@ -205,7 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history],
         "terms": args.terms,
         "parameters": sum(p.numel() for p in sam.parameters()),
-        "software": {"torch": torch.__version__, "python": platform.python_version()},
+        "software": {"torch": str(torch.__version__), "python": platform.python_version()},
     }
     if args.mode == "lora":
         from models.lora import save_lora_file
@@ -214,6 +214,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         path = save_weights(sam, args.weights_out or out / "weights.pt", backbone, config, card)
     (out / "card.json").write_text(json.dumps(card, indent=1))
+    Path(path).with_suffix(".md").write_text(card_markdown(card))  # the model card beside the weights
     log(f"best val no-prompt Dice {best['val_dice']:.4f} (epoch {best['epoch']}); wrote {path}")
     return 0
 
@@ -259,7 +260,10 @@ Recipe (the exact settings, from the weights file's card): `{json.dumps(card.get
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_train_arguments(argparse.ArgumentParser(prog="p2sam train", description=__doc__.split("\n")[0]))
-    return run_train(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if argv is not None:  # called from Python: record the equivalent command, not the caller's argv
+        args.command_line = "p2sam train " + shlex.join(argv)
+    return run_train(args)
 
 
 if __name__ == "__main__":

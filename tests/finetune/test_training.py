@@ -123,3 +123,23 @@ def test_cosine_schedule_with_warmup():
     assert cosine_warmup(3, 4, 20) == pytest.approx(1.0)
     assert cosine_warmup(12, 4, 20) == pytest.approx(0.01 + 0.99 * 0.5)
     assert cosine_warmup(20, 4, 20) == pytest.approx(0.01)
+
+
+def test_train_command_writes_loadable_weights_and_a_model_card(tmp_path):
+    import json
+
+    from models import load_model
+    from p2sam.train import main
+
+    from .helpers import TINY_SMALL
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "phantom", "--phantom-train", "8", "--phantom-val", "4", "--epochs", "1", "--batch-size", "4",
+            "--iterations", "2", "--small-config", json.dumps(TINY_SMALL), "--out", str(out), "--name", "tinyct",
+            "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    loaded = load_model(out / "weights.pt")
+    assert loaded.sam.image_encoder.img_size == 64
+    card = (out / "weights.md").read_text()
+    assert card.startswith("# Model card: tinyct") and "--phantom-train 8" in card and "Terms of use" in card
+    assert json.loads((out / "card.json").read_text())["metrics"]["best_epoch"] == 1
