@@ -33,7 +33,8 @@ AUGMENT_PRESETS = {
     "ct": AugmentConfig(rot90=False, crop_p=0.4, crop_min=0.6, shrink_p=0.2, jitter=0.1),
     "none": NO_AUGMENT,
 }
-DEFAULT_TERMS = "Trained by the P²SAM service project; see the model card for the data's terms."
+DEFAULT_TERMS = ("Research and education use only; not a medical device: no clinical decision may rest on it alone. "
+                 "The training data's own terms (the Data line) also apply.")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -193,6 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
     best = load_best(sam, out)
     card = {
         "name": name,
+        "summary": f"{args.data_description or desc}; val no-prompt Dice {float(best['val_dice']):.3f}",
         "backbone": backbone,
         "config": config,
         "mode": args.mode,
