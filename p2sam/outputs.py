@@ -20,7 +20,7 @@ from imaging import Volume
 
 from .followup import FollowupResult
 from .preview import binary_entropy, save_preview
-from .qc import target_qc
+from .qc import QcThresholds, target_qc
 
 RESULT_FILE = "result.json"
 
@@ -46,6 +46,7 @@ def write_target(
     provenance: dict[str, Any],
     window: str | tuple[float, float],
     min_island_mm2: float,
+    qc_thresholds: QcThresholds | None = None,
 ) -> dict[str, Any]:
     """Write every requested artifact for one target; returns the target summary (result.json)."""
     final = out_dir / name
@@ -84,7 +85,7 @@ def write_target(
     if "samples" in outputs and result.samples is not None:
         imaging.write_nifti(result.samples, target, tmp / "samples.nii.gz")
         files["samples"] = "samples.nii.gz"
-    qc = target_qc(result, target)
+    qc = target_qc(result, target, qc_thresholds)
     if "preview" in outputs:
         _preview(tmp / "preview.png", target, result, window, name)
         files["preview"] = "preview.png"

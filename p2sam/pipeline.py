@@ -25,6 +25,7 @@ from models.uncertainty import SamplerConfig
 from .followup import JobCancelled, segment_followup
 from .modelpool import ModelPool, default_pool
 from .outputs import target_done, write_target
+from .qc import thresholds_from_card
 from .settings import Settings, get_settings
 from .spec import JobSpec, window_arg
 
@@ -91,6 +92,7 @@ def run_job(
     model_name = pool.resolve(spec.model, prior.is_rgb)
     loaded, engine = pool.get(model_name)
     window = window_arg(spec.window or settings.window)
+    qc_thresholds = thresholds_from_card(loaded.card)
     n_samples = settings.n_samples if spec.n_samples is None else spec.n_samples
     sampler = SamplerConfig(kind=spec.sampler if n_samples else "none", k=n_samples)
     provenance = {
@@ -128,7 +130,7 @@ def run_job(
             is_cancelled=is_cancelled,
         )
         report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
-        targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2))
+        targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2, qc_thresholds))
     report("done", 1.0, "finished")
     return {
         **provenance,

@@ -6,6 +6,7 @@ reasons a slice is flagged are stated, not hidden.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,37 @@ from imaging import Volume
 from .followup import FollowupResult
 from .preview import binary_entropy
 
-# A slice is flagged for review when its uncertainty samples agree less than this
-# (mean pairwise Dice) ...
+# Fallbacks for a model whose card carries no calibrated thresholds. A slice is flagged for
+# review when its uncertainty samples agree less than MIN_SAMPLE_DICE (mean pairwise Dice), when
+# the prior's parts matched it worse than the model's max_distance (Wasserstein distance of the
+# chosen candidate), or when the structure was expected there (registration) and not found.
 MIN_SAMPLE_DICE = 0.85
-# ... or when the structure was expected there (registration) and not found.
 
 
-def target_qc(result: FollowupResult, target: Volume) -> dict[str, Any]:
+@dataclass(frozen=True)
+class QcThresholds:
+    min_sample_dice: float = MIN_SAMPLE_DICE
+    max_distance: float | None = None  # model-specific (feature scale): only from a calibrated card
+    source: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def thresholds_from_card(card: dict[str, Any] | None) -> QcThresholds:
+    """The card's ``qc`` section (written from ``bench.uncertainty --calibrate``), else the defaults."""
+    qc = dict((card or {}).get("qc") or {})
+    if not qc:
+        return QcThresholds()
+    return QcThresholds(
+        min_sample_dice=float(qc.get("min_sample_dice", MIN_SAMPLE_DICE)),
+        max_distance=None if qc.get("max_distance") is None else float(qc["max_distance"]),
+        source=str(qc.get("source", "model card")),
+    )
+
+
+def target_qc(result: FollowupResult, target: Volume, thresholds: QcThresholds | None = None) -> dict[str, Any]:
+    th = thresholds or QcThresholds()
     voxel_ml = float(np.prod(target.spacing)) / 1000.0
     area_mm2 = target.voxel_area_mm2()
     qc: dict[str, Any] = {
@@ -43,10 +68,14 @@ def target_qc(result: FollowupResult, target: Volume) -> dict[str, Any]:
         reasons = []
         if s.expected and not s.segmentation.found:
             reasons.append("expected but not found")
-        if s.sample_dice is not None and s.sample_dice < MIN_SAMPLE_DICE:
-            reasons.append(f"samples disagree (mean pairwise Dice {s.sample_dice:.2f})")
+        if s.sample_dice is not None and s.sample_dice < th.min_sample_dice:
+            reasons.append(f"samples disagree (mean pairwise Dice {s.sample_dice:.2f} < {th.min_sample_dice:.2f})")
+        best = s.segmentation.best
+        if th.max_distance is not None and best is not None and np.isfinite(best.distance) and best.distance > th.max_distance:
+            reasons.append(f"weak match to the prior (Wasserstein distance {best.distance:.3g} > {th.max_distance:.3g})")
         if reasons:
             flagged.append({"z": s.z, "reasons": reasons})
     qc["flagged_slices"] = flagged
+    qc["thresholds"] = th.to_dict()
     qc["review"] = bool(flagged) or result.registration.get("quality") == "poor"
     return qc
