@@ -80,7 +80,7 @@ def run(data: str, weights: str, samplers: list[SamplerConfig], overrides: dict,
     sequences = find_sequences(data)
     if limit:
         sequences = dict(list(sequences.items())[:limit])
-    per = {s.kind: {"disagree": [], "mean_dice": {}, "calib": Calibration(), "seconds": []} for s in samplers}
+    per = {label(s): {"disagree": [], "mean_dice": {}, "calib": Calibration(), "seconds": []} for s in samplers}
     det = {"error": [], "dice": {}, "distance": []}
     for seq, frames in sequences.items():
         log(f"{seq}: {len(frames)} frames")
@@ -94,7 +94,7 @@ def run(data: str, weights: str, samplers: list[SamplerConfig], overrides: dict,
             det["dice"].setdefault(seq, []).append(d)
             det["distance"].append(result.best.distance if result.best else np.inf)
             for cfg in samplers:
-                rec = per[cfg.kind]
+                rec = per[label(cfg)]
                 if cfg.kind == "latent" and head is None:
                     continue
                 t = time.perf_counter()
@@ -112,12 +112,13 @@ def run(data: str, weights: str, samplers: list[SamplerConfig], overrides: dict,
     out["distance"] = {"spearman": float(spearmanr(distance[finite], error[finite]).statistic),
                        "auroc_fail": _auroc(failed[finite], distance[finite])}
     for cfg in samplers:
-        rec = per[cfg.kind]
+        rec = per[label(cfg)]
         if not rec["disagree"]:
-            out["samplers"][cfg.kind] = {"skipped": "no latent head for this model (p2sam train-latent)"}
+            out["samplers"][label(cfg)] = {"skipped": "no latent head for this model (p2sam train-latent)"}
             continue
         dis = np.array(rec["disagree"])
-        out["samplers"][cfg.kind] = {
+        out["samplers"][label(cfg)] = {
+            "kind": cfg.kind,
             "spearman": float(spearmanr(dis, error).statistic) if dis.std() > 0 else float("nan"),
             "auroc_fail": _auroc(failed, dis),
             "ece": rec["calib"].ece(),
@@ -128,6 +129,30 @@ def run(data: str, weights: str, samplers: list[SamplerConfig], overrides: dict,
         }
     out["distance"]["threshold"] = _youden(failed[finite], distance[finite])
     return out
+
+
+def label(cfg: SamplerConfig) -> str:
+    """A sampler's row name: its kind, with the calibrated knob where it has one."""
+    if cfg.kind == "prompt_noise":
+        return f"prompt_noise(scale={cfg.scale:g})"
+    if cfg.kind == "retrieval":
+        return f"retrieval(tau={cfg.tau:g})"
+    return cfg.kind
+
+
+def recommend(out: dict, max_dice_loss: float = 0.005) -> dict | None:
+    """The model card's ``qc`` section: the best-ranking sampler (Spearman) among those that do not
+    lose mean Dice, its disagreement threshold as a minimum sample Dice, and the distance threshold."""
+    ok = [(m["spearman"], name, m) for name, m in out["samplers"].items()
+          if "spearman" in m and np.isfinite(m["spearman"]) and m["dice_mean"] >= out["dice_det"] - max_dice_loss]
+    if not ok:
+        return None
+    _, name, m = max(ok, key=lambda t: t[0])
+    qc = {"sampler": m["kind"], **{k: v for k, v in m["config"].items() if k in ("scale", "df", "tau")},
+          "min_sample_dice": None if m["threshold"] is None else round(1.0 - m["threshold"], 4),
+          "max_distance": None if out["distance"]["threshold"] is None else round(out["distance"]["threshold"], 4),
+          "source": f"bench.uncertainty --calibrate: {name}, {out['frames']} frames, Youden's J for Dice < {FAIL_DICE}"}
+    return qc
 
 
 def _seq_mean(per_seq: dict[str, list[float]]) -> float:
@@ -151,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
     parser.add_argument("--k", type=int, default=16, help="samples per frame")
     parser.add_argument("--samplers", default="prompt_noise,retrieval,latent")
-    parser.add_argument("--scale", type=float, default=None, help="prompt_noise scale (default: the sampler's)")
-    parser.add_argument("--tau", type=float, default=None, help="retrieval temperature (default: the sampler's)")
+    parser.add_argument("--scale", default=None, help="prompt_noise scale(s), comma-separated: one row each (default: the sampler's)")
+    parser.add_argument("--tau", default=None, help="retrieval temperature(s), comma-separated: one row each (default: the sampler's)")
     parser.add_argument("--set", action="append", default=[], help="engine setting key=value")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sequences")
     parser.add_argument("--json", help="write the numbers to this file")
@@ -164,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     samplers = []
     for kind in args.samplers.split(","):
         cfg = SamplerConfig(kind=kind.strip(), k=args.k)
-        if args.scale is not None:
-            cfg = replace(cfg, scale=args.scale)
-        if args.tau is not None:
-            cfg = replace(cfg, tau=args.tau)
-        samplers.append(cfg)
+        if cfg.kind == "prompt_noise" and args.scale:
+            samplers += [replace(cfg, scale=float(v)) for v in args.scale.split(",")]
+        elif cfg.kind == "retrieval" and args.tau:
+            samplers += [replace(cfg, tau=float(v)) for v in args.tau.split(",")]
+        else:
+            samplers.append(cfg)
     out = run(args.data, args.weights, samplers, parse_overrides(args.set), args.limit)
     rows = []
     for kind, m in out["samplers"].items():
@@ -185,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             if "threshold" in m:
                 print(f"qc threshold ({kind} disagreement): {m['threshold']}")
         print(f"qc threshold (distance): {dist['threshold']}")
+        out["qc"] = recommend(out)
+        print(f"model card qc section: {json.dumps(out['qc'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     scored = [m["spearman"] for m in out["samplers"].values() if "spearman" in m and np.isfinite(m["spearman"])]

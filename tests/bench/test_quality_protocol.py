@@ -86,3 +86,18 @@ def test_cli_prints_the_table_and_writes_json(fake_cvc, tmp_path, capsys):
 def test_missing_data_skips_with_a_message(tmp_path, capsys):
     assert quality.main(["--data", str(tmp_path / "nowhere")]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_uncertainty_bench_one_row_per_sampler_setting(fake_cvc, tmp_path, capsys):
+    from bench import uncertainty
+
+    root, weights = fake_cvc
+    out = tmp_path / "u.json"
+    argv = ["--data", str(root), "--weights", str(weights), "--k", "3", "--samplers", "prompt_noise,retrieval",
+            "--scale", "0.2,0.4", "--set", "pos_range=(1,2)", "--set", "neg_range=(1,1)", "--calibrate", "--json", str(out)]
+    assert uncertainty.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("spearman ") and any(line.startswith("model card qc section: ") for line in lines)
+    data = json.loads(out.read_text())
+    assert set(data["samplers"]) == {"prompt_noise(scale=0.2)", "prompt_noise(scale=0.4)", "retrieval(tau=0.05)"}
+    assert data["frames"] == 3  # seqA: 11, 12; seqB: one scored frame; "short": none
