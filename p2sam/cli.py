@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -121,7 +120,8 @@ def _attach(name: str, module: str, parser: argparse.ArgumentParser) -> None:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - a build without that part
-        parser.set_defaults(run=lambda a: (print(f"'{name}' is not available: {exc}", file=sys.stderr), 2)[1])
+        reason = f"'{name}' is not available: {exc}"  # (exc itself is unbound after the except block)
+        parser.set_defaults(run=lambda a: (print(reason, file=sys.stderr), 2)[1])
         return
     if name == "train":
         mod.add_train_arguments(parser)

@@ -20,6 +20,7 @@ import torch
 from models import LoadedModel, P2SAMConfig, P2SAMEngine, Prior, load_model
 from models.checkpoints import file_sha256, read_checkpoint
 from models.registry import WEIGHTS_DIR
+from models.uncertainty import SamplerConfig
 
 from .errors import JobInputError
 from .settings import Settings, get_settings
@@ -125,6 +126,16 @@ def engine_config(card: dict[str, Any]) -> P2SAMConfig:
             rec[key] = tuple(rec[key])
     allowed = set(P2SAMConfig.__dataclass_fields__)
     return P2SAMConfig(**{k: v for k, v in rec.items() if k in allowed})
+
+
+def sampler_config(card: dict[str, Any], kind: str, k: int) -> SamplerConfig:
+    """The uncertainty sampler for a job: the card's calibrated scale / temperature (its ``qc``
+    section, from ``bench.uncertainty --calibrate``) where it was calibrated for this kind."""
+    qc = dict(card.get("qc") or {})
+    if k <= 0:
+        return SamplerConfig(kind="none", k=0)
+    knobs = {key: float(qc[key]) for key in ("scale", "df", "tau") if qc.get("sampler") == kind and qc.get(key) is not None}
+    return SamplerConfig(kind=kind, k=k, **knobs)
 
 
 _default: ModelPool | None = None

@@ -20,10 +20,9 @@ import numpy as np
 
 import imaging
 import p2sam
-from models.uncertainty import SamplerConfig
 
 from .followup import JobCancelled, segment_followup
-from .modelpool import ModelPool, default_pool
+from .modelpool import ModelPool, default_pool, sampler_config
 from .outputs import target_done, write_target
 from .qc import thresholds_from_card
 from .settings import Settings, get_settings
@@ -94,7 +93,7 @@ def run_job(
     window = window_arg(spec.window or settings.window)
     qc_thresholds = thresholds_from_card(loaded.card)
     n_samples = settings.n_samples if spec.n_samples is None else spec.n_samples
-    sampler = SamplerConfig(kind=spec.sampler if n_samples else "none", k=n_samples)
+    sampler = sampler_config(loaded.card, spec.sampler, n_samples)
     provenance = {
         "software_version": p2sam.__version__,
         "model": {"name": model_name, "backbone": loaded.backbone, "sha256": loaded.sha256},

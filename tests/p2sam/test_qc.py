@@ -46,3 +46,12 @@ def test_without_a_calibrated_card_only_the_defaults_apply():
     qc = target_qc(res, vol, thresholds_from_card({"name": "x"}))
     assert qc["flagged_slices"] == [] and not qc["review"]
     assert qc["volume_ml"] == pytest.approx(2 * 9 * 2 / 1000)
+
+
+def test_sampler_takes_the_cards_calibrated_knobs_for_its_kind():
+    from p2sam.modelpool import sampler_config
+
+    card = {"qc": {"sampler": "prompt_noise", "scale": 0.15, "df": 3.0, "min_sample_dice": 0.8}}
+    assert sampler_config(card, "prompt_noise", 16).scale == 0.15
+    assert sampler_config(card, "retrieval", 16).tau == sampler_config({}, "retrieval", 16).tau  # not calibrated for it
+    assert sampler_config(card, "prompt_noise", 0).kind == "none"
