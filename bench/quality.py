@@ -26,13 +26,14 @@ import numpy as np
 
 from models import P2SAMEngine
 from models.regraf import RegrafConfig
+from p2sam.modelpool import RECOMMENDED_ENGINE
 
 from .common import DEFAULT_WEIGHTS, dice, log, make_engine, parse_overrides, read_mask, read_rgb, table
 
 PRIOR_INDEX = 2  # the 3rd frame of each sequence
 UNSCORED = 3  # the first 3 frames are not scored
 FIXED_NS = (1, 2, 3, 4, 5)
-PRODUCT_CONFIG: dict = {"pos_range": (1, 5), "neg_range": (1, 3)}
+PRODUCT_CONFIG: dict = dict(RECOMMENDED_ENGINE)  # what the shipped models' cards recommend
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 

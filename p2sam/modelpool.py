@@ -118,6 +118,11 @@ class ModelPool:
         return prior
 
 
+# What `p2sam train` writes into a new model card's "engine" section and what bench.quality runs as
+# "P²SAM with retrieval": 1-5 positive parts x 1-3 negative (background) parts.
+RECOMMENDED_ENGINE: dict[str, Any] = {"pos_range": (1, 5), "neg_range": (1, 3)}
+
+
 def engine_config(card: dict[str, Any]) -> P2SAMConfig:
     """Engine settings a model card recommends (e.g. part ranges), over the defaults."""
     rec = dict(card.get("engine") or {})

@@ -27,6 +27,7 @@ from models.finetune.data import NO_AUGMENT
 from models.registry import BACKBONES, build_sam, load_model, resolve_weights, save_weights
 
 from .datasets import CT_WINDOW, DatasetError, folder_dataset, phantom_slices, split_ids, volume_slices
+from .modelpool import RECOMMENDED_ENGINE
 
 AUGMENT_PRESETS = {
     "endoscopy": AugmentConfig(),
@@ -203,6 +204,7 @@ def run_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "epochs": args.epochs,
         "recipe": cfg.to_dict(),
+        "engine": {k: list(v) for k, v in RECOMMENDED_ENGINE.items()},  # what jobs run with this model
         "metrics": {"val_no_prompt_dice": round(float(best["val_dice"]), 4), "best_epoch": best["epoch"]},
         "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history],
         "terms": args.terms,
@@ -229,6 +231,10 @@ def card_markdown(card: dict[str, Any], extra: str = "") -> str:
         for h in hist
     )
     metrics = "\n".join(f"- {k}: {v}" for k, v in (card.get("metrics") or {}).items())
+    if card.get("engine"):
+        metrics += f"\n\nEngine settings jobs use with this model: `{json.dumps(card['engine'])}`"
+    if card.get("qc"):
+        metrics += f"\n\nUncertainty sampler and QC thresholds (calibrated): `{json.dumps(card['qc'])}`"
     return f"""# Model card: {card.get('name')}
 
 - Backbone: `{card.get('backbone')}` ({card.get('parameters', 0) / 1e6:.2f} M parameters, stored as float16), config `{json.dumps(card.get('config'))}`
