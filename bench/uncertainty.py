@@ -150,7 +150,9 @@ def recommend(out: dict, max_dice_loss: float = 0.005) -> dict | None:
     _, name, m = max(ok, key=lambda t: t[0])
     qc = {"sampler": m["kind"], **{k: v for k, v in m["config"].items() if k in ("scale", "df", "tau")},
           "min_sample_dice": None if m["threshold"] is None else round(1.0 - m["threshold"], 4),
-          "max_distance": None if out["distance"]["threshold"] is None else round(out["distance"]["threshold"], 4),
+          # a distance that does not rank failures higher (AUROC <= 0.5) is no QC signal for this model
+          "max_distance": (round(out["distance"]["threshold"], 4) if out["distance"]["threshold"] is not None
+                           and out["distance"]["auroc_fail"] > 0.5 else None),
           "source": f"bench.uncertainty --calibrate: {name}, {out['frames']} frames, Youden's J for Dice < {FAIL_DICE}"}
     return qc
 

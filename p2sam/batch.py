@@ -202,6 +202,14 @@ def _mask_file(folder: Path) -> Path:
     return png if png.exists() else folder / "mask.nii.gz"
 
 
+def _mask_or_empty(path: str | Path, target: imaging.Volume) -> np.ndarray:
+    """A result or ground-truth mask; an empty one is an answer here ("not found" / "absent"), not an error."""
+    try:
+        return imaging.read_mask(path, target)
+    except imaging.EmptyRoiError:
+        return np.zeros(target.shape, bool)
+
+
 def _fill(report: VisitReport, folder: Path, visit: VisitEntry) -> None:
     result = json.loads((folder / "result.json").read_text())
     qc = result.get("qc", {})
@@ -212,10 +220,10 @@ def _fill(report: VisitReport, folder: Path, visit: VisitEntry) -> None:
     report.review = qc.get("review")
     report.flagged_slices = [f["z"] for f in qc.get("flagged_slices", [])]
     target = imaging.read_image(visit.image)
-    predicted = imaging.read_mask(_mask_file(folder), target)
+    predicted = _mask_or_empty(_mask_file(folder), target)
     report.area_px = int(predicted.sum())
     if visit.truth:
-        truth = imaging.read_mask(visit.truth, target)
+        truth = _mask_or_empty(visit.truth, target)
         report.dice = dice(predicted, truth)
         report.truth_volume_ml = float(truth.sum() * np.prod(target.spacing) / 1000.0)
 

@@ -55,3 +55,23 @@ def test_sampler_takes_the_cards_calibrated_knobs_for_its_kind():
     assert sampler_config(card, "prompt_noise", 16).scale == 0.15
     assert sampler_config(card, "retrieval", 16).tau == sampler_config({}, "retrieval", 16).tau  # not calibrated for it
     assert sampler_config(card, "prompt_noise", 0).kind == "none"
+
+
+def test_batch_scores_an_empty_prediction_instead_of_failing_the_visit(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from p2sam.batch import VisitEntry, VisitReport, _fill
+
+    img, truth, out = tmp_path / "7.png", tmp_path / "7_mask.png", tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(img)
+    t = np.zeros((6, 8), np.uint8)
+    t[1:3, 1:3] = 255
+    Image.fromarray(t).save(truth)
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(out / "mask.png")  # "not found": an empty mask
+    (out / "result.json").write_text(json.dumps({"found": False, "qc": {"volume_ml": 0.0, "flagged_slices": []}}))
+    report = VisitReport(patient="p", visit="7")
+    _fill(report, out, VisitEntry(image=str(img), truth=str(truth), name="7"))
+    assert report.dice == 0.0 and report.area_px == 0 and report.found is False
