@@ -91,9 +91,9 @@ def run_job(
     model_name = pool.resolve(spec.model, prior.is_rgb)
     loaded, engine = pool.get(model_name)
     window = window_arg(spec.window or settings.window)
-    qc_thresholds = thresholds_from_card(loaded.card)
     n_samples = settings.n_samples if spec.n_samples is None else spec.n_samples
     sampler = sampler_config(loaded.card, spec.sampler, n_samples)
+    qc_thresholds = thresholds_from_card(loaded.card, sampler.kind)
     provenance = {
         "software_version": p2sam.__version__,
         "model": {"name": model_name, "backbone": loaded.backbone, "sha256": loaded.sha256},

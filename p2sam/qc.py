@@ -33,15 +33,21 @@ class QcThresholds:
         return asdict(self)
 
 
-def thresholds_from_card(card: dict[str, Any] | None) -> QcThresholds:
-    """The card's ``qc`` section (written from ``bench.uncertainty --calibrate``), else the defaults."""
+def thresholds_from_card(card: dict[str, Any] | None, sampler: str | None = None) -> QcThresholds:
+    """The card's ``qc`` section (written from ``bench.uncertainty --calibrate``), else the defaults.
+
+    The sample-agreement threshold was calibrated on one sampler's disagreement (``qc.sampler``):
+    a job that samples with another kind gets the default threshold, not that one."""
     qc = dict((card or {}).get("qc") or {})
     if not qc:
         return QcThresholds()
+    calibrated_for = qc.get("sampler")
+    same_sampler = sampler is None or calibrated_for is None or calibrated_for == sampler
     return QcThresholds(
-        min_sample_dice=float(qc.get("min_sample_dice", MIN_SAMPLE_DICE)),
+        min_sample_dice=float(qc.get("min_sample_dice", MIN_SAMPLE_DICE)) if same_sampler else MIN_SAMPLE_DICE,
         max_distance=None if qc.get("max_distance") is None else float(qc["max_distance"]),
-        source=str(qc.get("source", "model card")),
+        source=str(qc.get("source", "model card")) if same_sampler
+        else f"default sample-agreement threshold (the card's was calibrated for {calibrated_for}, the job samples with {sampler})",
     )
 
 

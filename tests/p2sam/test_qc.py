@@ -40,6 +40,13 @@ def test_card_thresholds_flag_weak_matches_and_disagreeing_samples():
     assert qc["thresholds"]["source"] == "bench.uncertainty"
 
 
+def test_the_sample_threshold_applies_only_to_the_sampler_it_was_calibrated_for():
+    card = {"qc": {"sampler": "prompt_noise", "min_sample_dice": 0.7, "max_distance": 2.0, "source": "calibrated"}}
+    assert thresholds_from_card(card, "prompt_noise") == QcThresholds(0.7, 2.0, "calibrated")
+    other = thresholds_from_card(card, "retrieval")
+    assert other.min_sample_dice == MIN_SAMPLE_DICE and other.max_distance == 2.0 and "retrieval" in other.source
+
+
 def test_without_a_calibrated_card_only_the_defaults_apply():
     assert thresholds_from_card({}) == thresholds_from_card(None) == QcThresholds(MIN_SAMPLE_DICE, None, "default")
     res, vol = _result([1.0, 1e9], [0.95, 0.95], [True, True])
