@@ -6,8 +6,9 @@ Layout: one sub-folder per sequence, frames ``<n>.png`` with masks ``<n>_mask.pn
 the number n). Per sequence the prior is the 3rd frame (image + mask); every frame is predicted
 and the first 3 are not scored; Dice per frame -> mean per sequence -> mean over sequences.
 All methods run on the same backbone and on the same cached encoding of each frame (each frame
-is encoded once): direct transfer (no prompt), PerSAM, P²SAM at a fixed part count n = 1..5
-(no retrieval) and P²SAM with retrieval (1-5 positives x 1-3 negatives). Prints a table like
+is encoded once): direct transfer (no prompt), PerSAM, the prior box (the prior mask's bounding
+box as a box prompt on every frame, what a MedSAM user does today), P²SAM at a fixed part count
+n = 1..5 (no retrieval) and P²SAM with retrieval (1-5 positives x 1-3 negatives). Prints a table like
 the paper's Table 6; the LAST line is ``p2sam_dice <mean Dice with retrieval>``.
 """
 
@@ -68,7 +69,7 @@ def find_sequences(root: str | Path) -> dict[str, list[Frame]]:
 
 
 def method_names(regraf: bool = False) -> list[str]:
-    return ["direct", "persam"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"] + (["regraf"] if regraf else [])
+    return ["direct", "persam", "prior_box"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"] + (["regraf"] if regraf else [])
 
 
 def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False, regraf: P2SAMEngine | None = None) -> dict:
@@ -92,6 +93,7 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
         seconds["p2sam"].append(time.perf_counter() - t)
         results["direct"] = engine.segment(enc, None, method="direct")
         results["persam"] = engine.segment(enc, prior, method="persam")
+        results["prior_box"] = engine.segment(enc, prior, method="box")
         if regraf is not None:
             t = time.perf_counter()
             results["regraf"] = regraf.segment(enc, prior, method="p2sam")
@@ -127,6 +129,7 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
         entry = {
             "direct": means.get("direct"),
             "persam": means.get("persam"),
+            "prior_box": means.get("prior_box"),
             "p2sam_fixed": {str(n): means.get(f"fixed{n}") for n in FIXED_NS},
             "p2sam_retrieval": means.get("p2sam"),
             "frames_scored": len(res["frames"]),
@@ -144,6 +147,7 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
     out = {
         "direct": over(lambda e: e["direct"]),
         "persam": over(lambda e: e["persam"]),
+        "prior_box": over(lambda e: e["prior_box"]),
         "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
         "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
         "per_sequence": seq_means,
@@ -158,23 +162,24 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
 
 def print_table(summary: dict, model: str, chosen: Counter) -> None:
     oracle, regraf = "oracle" in summary, "p2sam_regraf" in summary
-    header = (["sequence", "frames", "direct", "PerSAM"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"]
+    header = (["sequence", "frames", "direct", "PerSAM", "prior box"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"]
               + (["+ReGRAF"] if regraf else []) + (["oracle"] if oracle else []))
 
     def row(name, e, frames):
-        vals = [e["direct"], e["persam"]] + [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]]
+        vals = [e["direct"], e["persam"], e["prior_box"]] + [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]]
         vals += [e.get("regraf", e.get("p2sam_regraf"))] if regraf else []
         return [name, frames] + vals + ([e["oracle"]] if oracle else [])
 
     rows = [row(n, e, e["frames_scored"]) for n, e in summary["per_sequence"].items()]
     rows.append(row("mean", summary, sum(e["frames_scored"] for e in summary["per_sequence"].values())))
     print(f"quality: {model}; prior = 3rd frame, frames 4.. scored; Dice per frame -> sequence -> mean")
-    print("columns: direct transfer | PerSAM | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)")
+    print("columns: direct transfer | PerSAM | prior mask's box as box prompt | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)")
     print(table(header, rows))
     fixed_best = max(summary["p2sam_fixed"].values())
     print(
         f"retrieval - direct {100 * (summary['p2sam_retrieval'] - summary['direct']):+.1f} points; "
-        f"- PerSAM {100 * (summary['p2sam_retrieval'] - summary['persam']):+.1f}; - best fixed n {100 * (summary['p2sam_retrieval'] - fixed_best):+.1f}"
+        f"- PerSAM {100 * (summary['p2sam_retrieval'] - summary['persam']):+.1f}; - prior box {100 * (summary['p2sam_retrieval'] - summary['prior_box']):+.1f}; "
+        f"- best fixed n {100 * (summary['p2sam_retrieval'] - fixed_best):+.1f}"
     )
     if regraf:
         sec = summary["seconds_per_target"]

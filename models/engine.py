@@ -11,7 +11,8 @@ image. Results are at the original size of the target image; point prompts are `
 Methods: ``p2sam`` (part-aware prompts, the part count chosen by Wasserstein retrieval over
 ``pos_range`` x ``neg_range``), ``fixed`` (P²SAM at given part counts, no retrieval), ``persam``
 (training-free PerSAM: mean prototype, target-guided attention, target-semantic prompting) and
-``direct`` (direct transfer: no prompt at all).
+``direct`` (direct transfer: no prompt at all) and ``box`` (the prior mask's bounding box as a box
+prompt on the target, scaled to the target's size: what a MedSAM user does by hand).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from torch.nn import functional as F
 from .cascade import CascadeInput, run_cascade
 from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
 from .features import capture, combine
-from .parts import argmax_xy, kmeans_prototypes, mask_to_grid, similarity_maps
+from .parts import argmax_xy, box_of, kmeans_prototypes, mask_to_grid, similarity_maps
 from .regraf import RegrafConfig, refine_points
 from .retrieval import Cost, mask_area_fraction, pick_best, size_aware_scores, wasserstein
 
-Method = Literal["p2sam", "fixed", "persam", "direct"]
+Method = Literal["p2sam", "fixed", "persam", "direct", "box"]
 
 
 class EngineInputError(ValueError):
@@ -88,6 +89,7 @@ class Prior:
     n_init: int
     normalized: bool = False  # k-means on L2-normalised features (P2SAMConfig.kmeans_space)
     area: float = 0.0  # fraction of the prior image inside the prior mask
+    box: np.ndarray | None = None  # (x0, y0, x1, y1) inclusive box of the prior mask, prior pixels
     fg_retrieval: torch.Tensor | None = None  # Nf x C' retrieval-layer features under the mask (if configured)
     pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
     neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
@@ -169,6 +171,13 @@ class Segmentation:
         }
 
 
+def prior_box_on(prior: Prior, size: tuple[int, int]) -> np.ndarray:
+    """The prior mask's box (x0, y0, x1, y1) scaled from the prior image to a target of ``size`` (H, W)."""
+    (ph, pw), (h, w) = prior.image.original_size, size
+    x0, y0, x1, y1 = prior.box
+    return np.array([x0 * w / pw, y0 * h / ph, (x1 + 1) * w / pw - 1, (y1 + 1) * h / ph - 1], dtype=np.float64)
+
+
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Validate an image and return it as H x W x 3 uint8."""
     image = np.asarray(image)
@@ -225,6 +234,7 @@ class P2SAMEngine:
             grid_mask=grid_mask,
             fg_features=feats[grid_mask],
             area=float(mask.mean()),
+            box=box_of(torch.from_numpy(mask)),
             fg_retrieval=None if encoded.retrieval is None else encoded.retrieval[0].permute(1, 2, 0)[grid_mask],
             bg_features=feats[~grid_mask],
             mean_embedding=feats[grid_mask].mean(0),
@@ -268,7 +278,7 @@ class P2SAMEngine:
         # target-guided attention and target-semantic prompting.
         guided = method == "persam" or cfg.mode == "natural"
         t = time.perf_counter()
-        if method == "direct":
+        if method in ("direct", "box"):
             cands, inputs = [Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64))], []
         else:
             specs = self._specs(prior, method, n_pos, n_neg)
@@ -280,6 +290,10 @@ class P2SAMEngine:
         t = time.perf_counter()
         if method == "direct":
             low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
+        elif method == "box":
+            cands[0].box = prior_box_on(prior, enc.original_size)
+            box_in = torch.as_tensor(self.transform.apply_boxes(cands[0].box[None], enc.original_size)[0], dtype=torch.float, device=self.device)
+            low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None], boxes=[box_in]))
         else:
             target_embedding = prior.mean_embedding.reshape(1, 1, -1) if guided else None
             out = run_cascade(
@@ -323,8 +337,8 @@ class P2SAMEngine:
                 cand.score = score
             chosen = pick_best(scores)
         else:
-            chosen = 0 if cands[0].cells > 0 or method == "direct" else None
-        if cfg.regraf is not None and method != "direct" and chosen is not None and chosen < len(inputs):
+            chosen = 0 if cands[0].cells > 0 or method in ("direct", "box") else None
+        if cfg.regraf is not None and method not in ("direct", "box") and chosen is not None and chosen < len(inputs):
             t = time.perf_counter()
             low_res, iou = self._regraf(enc, prior, cands, inputs, chosen, low_res, iou, guided)
             timings["regraf"] = time.perf_counter() - t

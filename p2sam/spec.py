@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OutputName = Literal["rtstruct", "seg", "nifti", "samples", "preview"]
 ALL_OUTPUTS: tuple[OutputName, ...] = ("rtstruct", "seg", "nifti", "samples", "preview")
-Method = Literal["p2sam", "fixed", "persam", "direct"]
+Method = Literal["p2sam", "fixed", "persam", "direct", "box"]
 Sampler = Literal["prompt_noise", "retrieval", "latent", "none"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -2,10 +2,14 @@
 
     python -m p2sam.train --data ../shared/data/kvasir-seg --out runs/kvasir --epochs 60
 
+    python -m p2sam.train --base lite_medsam --mode decoder --cache-views 3 --data ../shared/data/kvasir-seg --out runs/kvasir_lite
+
 Writes ``OUT/last.pt`` (resumable with ``--resume``), ``OUT/best.pt`` (best validation
 no-prompt Dice) and the final file: ``OUT/weights.pt`` (full mode, the project weights format
-with float16 parameters and a model card) or ``OUT/lora.pt`` (LoRA mode, an adapter applied on
-top of ``--checkpoint``). The CLI only parses arguments; ``run_train`` does the work.
+with float16 parameters and a model card) or ``OUT/adapter.pt`` (``lora`` and ``decoder`` modes:
+an adapter file applied on top of ``--base``; float16; when the base is a bundled model such as
+``lite_medsam`` the file names it, so ``load_model`` finds the base by itself). The CLI only
+parses arguments; ``run_train`` does the work.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from models.checkpoints import WEIGHTS_FORMAT, CheckpointError, read_checkpoint
 from models.finetune import AugmentConfig, InteractiveConfig, TrainConfig, fit, load_best, prepare_model
 from models.finetune.data import NO_AUGMENT
-from models.registry import BACKBONES, build_sam, load_model, resolve_weights, save_weights
+from models.registry import BACKBONES, build_sam, bundled_models, load_model, resolve_weights, save_weights
 
 from .datasets import CT_WINDOW, DatasetError, folder_dataset, phantom_slices, split_ids, volume_slices
 from .modelpool import RECOMMENDED_ENGINE
@@ -55,8 +59,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=sorted(BACKBONES), default=None, help="default: read from --checkpoint, else small")
     model.add_argument("--small-config", default=None, help='JSON config of the small backbone, e.g. \'{"decoder_mlp_dim": 1024}\'')
-    model.add_argument("--checkpoint", default=None, help="base weights (Meta / fine-tuned checkpoint or a project weights file)")
-    model.add_argument("--mode", choices=["full", "lora"], default="full")
+    model.add_argument("--checkpoint", "--base", dest="checkpoint", default=None,
+                       help="base weights: a bundled model (e.g. lite_medsam, kvasir), a Meta / fine-tuned checkpoint or a project weights file")
+    model.add_argument("--mode", choices=["full", "lora", "decoder"], default="full",
+                       help="full: every weight; lora: LoRA on the encoder's attention + patch embedding, neck, prompt encoder, "
+                            "mask decoder; decoder: prompt encoder + mask decoder only (encoder frozen)")
     model.add_argument("--lora-rank", type=int, default=1)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=40)
@@ -77,9 +84,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--out", required=True, help="run folder (last.pt, best.pt, final weights)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     run.add_argument("--val-every", type=int, default=1)
+    run.add_argument("--cache-views", type=int, default=0,
+                     help="frozen encoder (--mode decoder): encode this many augmented views of every training image once "
+                          "and train on the cached embeddings (view = epoch mod N)")
+    run.add_argument("--modality", default=None, help="what the model is for, for the model card (e.g. endoscopy, CT)")
     run.add_argument("--threads", type=int, default=2)
     run.add_argument("--name", default=None, help="model name in the card (default: the OUT folder name)")
-    run.add_argument("--weights-out", default=None, help="final weights file (default OUT/weights.pt or OUT/lora.pt)")
+    run.add_argument("--weights-out", default=None, help="final weights file (default OUT/weights.pt, or OUT/adapter.pt in lora/decoder mode)")
     run.add_argument("--data-description", default=None, help="what the data is, for the model card")
     run.add_argument("--terms", default=DEFAULT_TERMS, help="terms of use, for the model card")
     run.add_argument("--no-progress", action="store_true")
@@ -151,6 +162,7 @@ def train_config(args) -> TrainConfig:
         min_lr_ratio=args.min_lr_ratio,
         seed=args.seed,
         val_every=args.val_every,
+        cache_views=args.cache_views,
         pretrain_epochs=args.pretrain_epochs,
         pretrain_iterations=args.pretrain_iterations,
         warm_loss_epochs=args.warm_loss_epochs,
@@ -200,6 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
         "config": config,
         "mode": args.mode,
         "data": args.data_description or desc,
+        "modality": args.modality or ("endoscopy" if args.dataset == "folder" else "CT"),
         "command": meta["command"],
         "seed": args.seed,
         "epochs": args.epochs,
@@ -211,10 +224,14 @@ def run_train(args: argparse.Namespace) -> int:
         "parameters": sum(p.numel() for p in sam.parameters()),
         "software": {"torch": str(torch.__version__), "python": platform.python_version()},
     }
-    if args.mode == "lora":
-        from models.lora import save_lora_file
+    if args.mode in ("lora", "decoder"):
+        from models.finetune.modes import DECODER_MODULES
+        from models.lora import TRAINED_MODULES, save_lora_file
 
-        path = save_lora_file(sam, args.weights_out or out / "lora.pt", backbone, base_sha, card)
+        base_name = args.checkpoint if args.checkpoint in bundled_models() else None
+        modules = TRAINED_MODULES if args.mode == "lora" else DECODER_MODULES
+        path = save_lora_file(sam, args.weights_out or out / "adapter.pt", backbone, base_sha, card,
+                              base_weights=base_name, trained_modules=modules, half=True)
     else:
         path = save_weights(sam, args.weights_out or out / "weights.pt", backbone, config, card)
     (out / "card.json").write_text(json.dumps(card, indent=1))

@@ -3,8 +3,8 @@
 A sample is ``(image, mask)``: ``H x W x 3`` uint8 RGB and ``H x W`` bool, already resized so the
 longest side is the model's ``img_size`` (``resize_sample``, the inference engine's own
 ``ResizeLongestSide``). Augmentation keeps that convention (longest side <= ``img_size``);
-``collate`` normalises with SAM's pixel mean/std and zero-pads bottom/right exactly like
-``Sam.preprocess``, so padding looks the same as at inference.
+``collate`` normalises and zero-pads bottom/right with the model's own ``Sam.preprocess`` (SAM's
+mean/std, or LiteMedSAM's min-max), so training inputs look exactly like inference inputs.
 
 All randomness comes from one ``torch.Generator`` (its state is saved with the training state,
 so a resumed run continues the same random stream).
@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
@@ -111,20 +112,22 @@ class Batch:
         return self.images.shape[0]
 
 
-def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], size: int, pixel_mean: torch.Tensor, pixel_std: torch.Tensor) -> Batch:
-    """Normalise (x - mean) / std and pad to S x S, as ``Sam.preprocess``.
+def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], sam: Sam) -> Batch:
+    """Normalise and pad to S x S with ``sam.preprocess`` (S = ``sam.image_encoder.img_size``).
 
-    samples: (3 x h x w float 0..255, h x w bool); pixel_mean/std: 3 x 1 x 1.
+    samples: (3 x h x w float 0..255, h x w bool), h, w <= S.
     """
+    size = sam.image_encoder.img_size
     b = len(samples)
     images = torch.zeros(b, 3, size, size)
     masks = torch.zeros(b, size, size, dtype=torch.bool)
     valid = torch.zeros(b, size, size, dtype=torch.bool)
-    for i, (img, m) in enumerate(samples):
-        h, w = m.shape
-        images[i, :, :h, :w] = (img - pixel_mean) / pixel_std
-        masks[i, :h, :w] = m
-        valid[i, :h, :w] = True
+    with torch.no_grad():
+        for i, (img, m) in enumerate(samples):
+            h, w = m.shape
+            images[i] = sam.preprocess(img[None].to(sam.pixel_mean.device))[0].cpu()
+            masks[i, :h, :w] = m
+            valid[i, :h, :w] = True
     return Batch(images=images, masks=masks, valid=valid)
 
 

@@ -71,14 +71,21 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     gen: torch.Generator,
     cfg: InteractiveConfig = InteractiveConfig(),
+    features: torch.Tensor | None = None,
 ) -> StepStats:
-    """Run the interactive iterations on one batch, updating ``sam`` through ``optimizer``."""
+    """Run the interactive iterations on one batch, updating ``sam`` through ``optimizer``.
+
+    ``features``: the batch's image embeddings (B x 256 x g x g) when the encoder is frozen and
+    they were computed beforehand (``trainer.EmbeddingCache``); ``batch.images`` is then unused.
+    """
     size = sam.image_encoder.img_size
     params = [p for p in sam.parameters() if p.requires_grad]
     target = batch.masks.float()
-    encoder_trains = any(p.requires_grad for p in sam.image_encoder.parameters())
-    with torch.set_grad_enabled(encoder_trains):
-        features = sam.image_encoder(batch.images)
+    if features is None:
+        encoder_trains = any(p.requires_grad for p in sam.image_encoder.parameters())
+        with torch.set_grad_enabled(encoder_trains):
+            features = sam.image_encoder(batch.images)
+    features = features.float()
     state = first_prompts(batch.masks, batch.valid, gen, cfg.first_kind_probs)
     stats = StepStats(first_kinds=list(state.kinds))
     pending = []
@@ -105,13 +112,13 @@ def train_step(
 
 
 @torch.no_grad()
-def no_prompt_dice(sam: Sam, batch: Batch) -> torch.Tensor:
+def no_prompt_dice(sam: Sam, batch: Batch, features: torch.Tensor | None = None) -> torch.Tensor:
     """Dice of the prompt-free prediction (direct transfer) per sample, inside the valid area: B."""
     from .prompts import PromptState
 
     n = len(batch)
     state = PromptState(points=[torch.zeros(0, 2)] * n, labels=[torch.zeros(0, dtype=torch.long)] * n, boxes=[None] * n)
-    features = sam.image_encoder(batch.images)
+    features = sam.image_encoder(batch.images) if features is None else features.float()
     low_res, _ = decode_batch(sam, features, encode_training_prompts(sam, state, stop_gradient=False))
     pred = upsample_logits(low_res, sam.image_encoder.img_size) > 0
     return dice_score(pred & batch.valid, batch.masks)

@@ -72,7 +72,7 @@ def test_collate_pads_like_sam_preprocess():
 
     sam = tiny_small()
     img, mask = resize_sample(np.full((30, 60, 3), 100, np.uint8), np.ones((30, 60), bool), 64)
-    batch = collate([augment(img, mask, 64, torch.Generator(), NO_AUGMENT)], 64, sam.pixel_mean, sam.pixel_std)
+    batch = collate([augment(img, mask, 64, torch.Generator(), NO_AUGMENT)], sam)
     ref = sam.preprocess(torch.from_numpy(img).permute(2, 0, 1)[None].float())
     assert torch.allclose(batch.images, ref, atol=1e-5)
     assert batch.valid[0, :32].all() and not batch.valid[0, 32:].any()

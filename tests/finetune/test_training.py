@@ -31,7 +31,7 @@ def _silent(_: str) -> None:
 def test_training_steps_lower_the_loss():
     sam = tiny_small()
     data = squares(8, seed=1)
-    batch = collate([(torch.from_numpy(i).permute(2, 0, 1).float(), torch.from_numpy(m)) for i, m in data], 64, sam.pixel_mean, sam.pixel_std)
+    batch = collate([(torch.from_numpy(i).permute(2, 0, 1).float(), torch.from_numpy(m)) for i, m in data], sam)
     opt = make_optimizer(list(sam.parameters()), 2e-3)
     gen = torch.Generator().manual_seed(0)
     cfg = InteractiveConfig(iterations=2, max_new_points=3)
@@ -102,7 +102,7 @@ def test_lora_mode_trains_only_lora_and_the_listed_modules():
     assert not any(n.startswith("image_encoder.blocks") and "lora_" not in n for n in trainable)
     before = {n: p.detach().clone() for n, p in sam.named_parameters()}
     data = squares(4, seed=4)
-    batch = collate([(torch.from_numpy(i).permute(2, 0, 1).float(), torch.from_numpy(m)) for i, m in data], 64, sam.pixel_mean, sam.pixel_std)
+    batch = collate([(torch.from_numpy(i).permute(2, 0, 1).float(), torch.from_numpy(m)) for i, m in data], sam)
     opt = make_optimizer([p for p in sam.parameters() if p.requires_grad], 1e-2)
     sam.train()
     train_step(sam, batch, opt, torch.Generator().manual_seed(0), InteractiveConfig(iterations=2))

@@ -176,4 +176,4 @@ def test_logs_hold_no_keys_and_no_patient_identifiers(stack, small_case, case):
         for ident in identifiers:
             assert ident not in text, f"{ident!r} found in {name}"
         for key in stack.keys.values():
-            assert key.split("_")[-1] not in text, f"an API key found in {name}"
+            assert key[len("p2s_"):] not in text, f"an API key found in {name}"
