@@ -6,8 +6,8 @@ Each case (``imaging.phantom.make_case``, seeds 1000.. — never the training st
 visit and follow-ups in which the lesion moves, shrinks and deforms. For every follow-up slice
 whose ground truth holds the lesion, the prior is the prior visit's lesion slice nearest in z
 (image windowed [-910, 590] HU, grey -> 3 channels); Dice per slice -> visit -> case -> mean.
-Methods: direct transfer, PerSAM and P²SAM with retrieval (1-3 positives x 1 negative, the
-paper's CT ranges). The LAST line is ``p2sam_dice <mean>``.
+Methods: direct transfer, PerSAM, the prior box (the prior slice's contour box as a box prompt)
+and P²SAM with retrieval (1-3 positives x 1 negative, the paper's CT ranges). The LAST line is ``p2sam_dice <mean>``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: imaging.phantom is not available ({exc})")
         return 0
     engine, model = make_engine(args.weights, args.threads, **{**CT_CONFIG, **parse_overrides(args.set)})
-    methods = ["direct", "persam", "p2sam"]
+    methods = ["direct", "persam", "box", "p2sam"]
     rows, scores = [], {m: [] for m in methods}
     for seed in range(FIRST_SEED, FIRST_SEED + args.cases):
         res = evaluate_case(engine, seed, methods)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     means = {m: float(np.mean(v)) for m, v in scores.items()}
     rows.append(["mean"] + [means[m] for m in methods])
     print(f"phantom CT check: {model}; prior = visit 1, follow-ups = visits 2-3, lesion slices scored")
-    print(table(["case", "direct", "PerSAM", "P²SAM"], rows))
+    print(table(["case", "direct", "PerSAM", "prior box", "P²SAM"], rows))
     print(f"p2sam_dice {means['p2sam']:.4f}")
     return 0
 
