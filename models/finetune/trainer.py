@@ -108,7 +108,7 @@ def build_cache(sam: Sam, samples: Sequence[Sample], views: int, seed: int, aug:
     """Encode ``views`` seeded augmentations of every sample once (or load them from ``path``)."""
     key = {"n": len(samples), "views": views, "seed": seed, "augment": asdict(aug), "img_size": sam.image_encoder.img_size}
     if path.is_file():
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # pages read on demand
         if payload.get("key") == key:
             log(f"embedding cache: loaded {path.name} ({len(samples)} samples x {views} views)")
             return EmbeddingCache(payload["features"], payload["masks"], payload["valid"])
