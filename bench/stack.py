@@ -169,11 +169,12 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not start:\n{self.api.log()[-3000:]}")
 
-    def start_worker(self, timeout: float = 90, wait: bool = True) -> Proc:
+    def start_worker(self, timeout: float = 90, wait: bool = True, env: dict[str, str] | None = None) -> Proc:
+        """A `p2sam worker` (``env``: extra environment variables for it alone)."""
         self._n += 1
         name = f"worker{self._n}"
-        proc = Proc(name, [sys.executable, "-m", "p2sam.cli", "worker", "--hostname", f"{name}@%h"], self.env,
-                    self.root / "logs")
+        proc = Proc(name, [sys.executable, "-m", "p2sam.cli", "worker", "--hostname", f"{name}@%h"],
+                    {**self.env, **(env or {})}, self.root / "logs")
         self.workers.append(proc)
         if wait:
             self.wait_worker(proc, timeout)
