@@ -132,3 +132,129 @@ def test_read_only_data_volume_is_503_and_reads_keep_working(tmpfs_stack, small_
     log = s.api.log()
     assert "Traceback" not in log, log[-3000:]
     assert "audit log not writable" in log
+
+
+# --- weak spots
+def test_zip_bomb_stops_at_the_upload_limit(stack, api):
+    """64 MB of zeros in a ~64 KB zip: refused at the 2 MB upload limit (P2SAM_MAX_UPLOAD_MB of
+    the test stack), not the old 8 GB cap, and expanded inside the data volume, not $TMPDIR."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.dcm", b"\0" * (64 << 20))
+    assert len(buf.getvalue()) < 1 << 20
+    body = _problem(api.post("/v1/uploads", content=buf.getvalue(), headers={"Content-Type": "application/zip"}), 422)
+    assert "more than the 2 MB accepted" in body["detail"], body
+    assert not [p for p in (stack.data_dir / "uploads").iterdir() if p.name.startswith(".") or
+                any(q.name.startswith("p2sam-zip-") for q in p.iterdir())]  # nothing left behind
+
+
+def test_unzip_is_counted_as_it_goes(tmp_path):
+    """A member whose data expands beyond the limit is stopped while it is written."""
+    import zipfile
+
+    from imaging import UnsafeArchiveError
+    from imaging.sources import extracted_zip
+
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", b"\0" * (3 << 20))
+        zf.writestr("b.dcm", b"\0" * (3 << 20))
+    with pytest.raises(UnsafeArchiveError, match="more than the 4 MB accepted"):
+        with extracted_zip(path, into=tmp_path / "x", max_bytes=4_000_000):
+            pass
+    with extracted_zip(path, into=tmp_path / "x", max_bytes=7_000_000) as root:
+        assert root.parent == (tmp_path / "x").resolve() and len(list(root.iterdir())) == 2
+
+
+@pytest.mark.parametrize("name,ok", [("GTV\x00", False), ("GTV\x1b[31m", False), ("a\\b", False), ("x" * 65, False),
+                                     ("   ", False), ("GTV Tumör 腫瘍", True)])
+def test_roi_name_out_follows_dicom_lo(stack, api, uploaded, name, ok):
+    body = job_body(uploaded["prior"], [uploaded["followup"]], n_samples=0, outputs=["rtstruct"], roi_name_out=name)
+    r = api.post("/v1/jobs", json=body)
+    if not ok:
+        problem = _problem(r, 422)
+        assert "roi_name_out" in problem["detail"]
+        return
+    assert r.status_code == 202, r.text
+    job = wait(api, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    import io
+
+    import pydicom
+
+    art = api.get(f"/v1/jobs/{job['id']}/results").json()["targets"][0]["artifacts"]
+    rt = next(a for a in art if a["name"] == "rtstruct.dcm")
+    download = api.get(rt["url"])
+    ds = pydicom.dcmread(io.BytesIO(download.content))
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.StructureSetROISequence[0].ROIName == name
+
+
+def test_security_headers_on_artifacts_and_api_json(stack, api, uploaded):
+    job = submit(api, job_body(uploaded["prior"], [uploaded["followup"]], n_samples=0, outputs=["nifti", "preview"]))
+    assert wait(api, job["id"])["state"] == "succeeded"
+    listing = api.get("/v1/jobs")
+    assert listing.headers["cache-control"] == "no-store" and listing.headers["x-content-type-options"] == "nosniff"
+    results = api.get(f"/v1/jobs/{job['id']}/results")
+    assert results.headers["cache-control"] == "no-store"
+    for a in results.json()["targets"][0]["artifacts"]:
+        r = api.get(a["url"])
+        assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
+        assert "no-store" in r.headers["cache-control"] and r.headers["content-type"].startswith(a["media_type"])
+    assert httpx.get(f"{stack.url}/v1/models").headers["x-content-type-options"] == "nosniff"  # a 401 too
+
+
+def test_client_disconnect_mid_upload_is_one_calm_line(stack, small_case):
+    """Half a multipart upload, then the connection closes: no traceback in the API log."""
+    import socket
+
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
+            "Content-Type: application/dicom\r\n\r\n").encode()
+    before = stack.api.log()
+    host, port = "127.0.0.1", stack.port
+    with socket.create_connection((host, port)) as s:
+        s.sendall((f"POST /v1/uploads HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {stack.keys['planning']}\r\n"
+                   f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 1000000\r\n\r\n").encode()
+                  + head + b"\0" * 5000)
+        time.sleep(1.0)
+    deadline = time.time() + 20
+    while time.time() < deadline and "client disconnected" not in stack.api.log()[len(before):]:
+        time.sleep(0.3)
+    new = stack.api.log()[len(before):]
+    assert "client disconnected during POST /v1/uploads" in new, new[-3000:]
+    assert "Traceback" not in new and len([ln for ln in new.splitlines() if "disconnect" in ln.lower()]) == 1, new[-3000:]
+
+
+def test_a_trickling_body_is_cut_off(tmp_path, model_dir):
+    """1 byte a second: the API answers 408 once the body timeout (here 2 s) has passed."""
+    import socket
+
+    s = Stack(tmp_path, model_dir, None, request_body_timeout_s=2)
+    try:
+        s.start_api()
+        from service.auth import KeyStore
+
+        key = KeyStore(s.data_dir).create("slow", ["submit", "read"])
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall((f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n"
+                       "Content-Type: application/dicom\r\nContent-Length: 100000\r\n\r\n").encode())
+            t0 = time.time()
+            answer = b""
+            while time.time() - t0 < 30 and b"\r\n\r\n" not in answer:
+                try:
+                    c.sendall(b"\0")
+                except OSError:
+                    break
+                c.settimeout(1.0)
+                try:
+                    answer += c.recv(4096)
+                except socket.timeout:
+                    pass
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert time.time() - t0 < 15
+    finally:
+        s.stop()
