@@ -96,8 +96,10 @@ def test_worker_reports_a_missing_latent_head_as_422_not_500(tmp_path, model_dir
             "sampler": "latent", "n_samples": 2, "outputs": ["nifti"]}
     job_id = new_id()
     store.create({"id": job_id, "spec": spec, "targets": ["visit1"], "model": {"requested": "testmodel"}})
+    from p2sam.modelpool import ModelPool
+
     settings = Settings(data_dir=data, models_dir=model_dir, threads=1)
-    assert execute_job(job_id, store, settings) == FAILED
+    assert execute_job(job_id, store, settings, pool=ModelPool(settings)) == FAILED
     error = store.get(job_id)["error"]
     assert error["status"] == 422 and error["type"] == "/problems/invalid-input", error
     assert "latent head" in error["detail"]
