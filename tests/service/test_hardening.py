@@ -17,7 +17,7 @@ from bench.stack import Stack
 
 from .client import client, job_body, submit, upload_files, upload_zip, wait
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # (the session stack starts within the first test)
 PROBLEM = "application/problem+json"
 
 

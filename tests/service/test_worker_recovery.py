@@ -15,7 +15,7 @@ import pytest
 
 from .client import job_body, record, submit, wait
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # (the session stack may start within it)
 
 SLOW_START_S = 8  # twice Celery's default worker_proc_alive_timeout
 SLOW = str(Path(__file__).parent / "slow_start")
@@ -45,7 +45,7 @@ def test_killed_pool_process_recovers_on_the_same_worker(stack, uploaded):
     worker = stack.start_worker(env=env)
     try:
         # its first pool process takes SLOW_START_S to start: not ready until then
-        _wait_ready(stack, timeout=120)
+        _wait_ready(stack, timeout=300)
         with client(stack.url, stack.keys["planning"]) as api:
             job = submit(api, job_body(uploaded["prior"], [uploaded["followup"]] * 3, outputs=["nifti"]))
             deadline = time.time() + 120
@@ -78,6 +78,6 @@ def test_killed_pool_process_recovers_on_the_same_worker(stack, uploaded):
         assert sum(rec["writes"].values()) == 3
         log = worker.log()
         assert "Timed out waiting for UP message" not in log
-        _wait_ready(stack, timeout=30)
+        _wait_ready(stack, timeout=120)
     finally:
         worker.stop()
