@@ -143,14 +143,22 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
     area_mm2 = target.voxel_area_mm2()
 
     n = max(1, len(slices))
-    cols = min(n, 8 if n > 24 else 6 if n > 12 else max(3, math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(11.69, 8.27), dpi=150, facecolor="white")  # A4 landscape
-    header_h = 0.25
-    legend_h = 0.05
+    page_w, page_h = 11.69, 8.27  # A4 landscape, inches
+    fig = Figure(figsize=(page_w, page_h), dpi=150, facecolor="white")
+    header_h, legend_h = 0.24, 0.05
     grid_top, grid_bottom = 1 - header_h, legend_h + 0.01
-    cell_w = 0.98 / cols
-    cell_h = (grid_top - grid_bottom) / rows
+    grid_w_in, grid_h_in = 0.98 * page_w, (grid_top - grid_bottom) * page_h
+    title_in = 0.22  # room above each panel for its title
+
+    def side(c: int) -> float:  # square panel size (inches) with c columns
+        return min(grid_w_in / c, grid_h_in / math.ceil(n / c) - title_in) * 0.96
+
+    cols = max(range(1, n + 1), key=side)
+    rows = math.ceil(n / cols)
+    panel_in = side(cols)
+    cell_w, cell_h = grid_w_in / cols / page_w, (panel_in / 0.96 + title_in) / page_h
+    x_left = 0.01 + (0.98 - cols * cell_w) / 2
+    pw, ph = panel_in / page_w, panel_in / page_h
 
     # --- header: what, volume and change, verdict and why
     is_2d = target.is_2d()
@@ -195,7 +203,7 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
         fig.text(0.015, 0.85 - 0.022 * i, "• " + line, fontsize=8.5, va="top", color=FLAG if review and i < len(flagged) else "#222222")
     extent = (f"{len(slices)} slice(s) shown: every slice with the new or the prior contour, or a flag"
               + (f"; {left_out} more with the structure left out (see result.json)" if left_out else ""))
-    fig.text(0.99, 0.925, extent, fontsize=8, va="top", ha="right", color="#444444")
+    fig.text(0.99, 0.885, extent, fontsize=8, va="top", ha="right", color="#444444")
 
     # --- montage
     col_letters = axis_letters(target.direction[:, 0]) if geometry else None
@@ -203,7 +211,7 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
     halo = [patheffects.withStroke(linewidth=2, foreground="black")]
     for i, z in enumerate(slices):
         r, c = divmod(i, cols)
-        ax = fig.add_axes([0.01 + c * cell_w + 0.003, grid_top - (r + 1) * cell_h + 0.018, cell_w - 0.006, cell_h - 0.036])
+        ax = fig.add_axes([x_left + c * cell_w + (cell_w - pw) / 2, grid_top - r * cell_h - title_in / page_h - ph, pw, ph])
         picture = imaging.to_model_input(target, z, window)[y0:y1, x0:x1]
         h, w = picture.shape[:2]
         ext = (0, w * sx, h * sy, 0)  # axes in mm, square pixels on the page
@@ -246,8 +254,8 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
             for side in ax.spines.values():
                 side.set_edgecolor(FLAG)
                 side.set_linewidth(3)
-            ax.text(0.02, 0.03, "FLAGGED: " + "; ".join(_short(r) for r in flagged[z]), transform=ax.transAxes,
-                    color="white", fontsize=6.5, va="bottom", ha="left", wrap=True,
+            ax.text(0.03, 0.03, "FLAGGED: " + "; ".join(_short(r) for r in flagged[z]), transform=ax.transAxes,
+                    color="white", fontsize=6.5 if panel_in > 1.6 else 5.5, va="bottom", ha="left",
                     bbox={"facecolor": FLAG, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
         else:
             for side in ax.spines.values():
@@ -262,8 +270,8 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
                Rectangle((0, 0), 1, 1, facecolor="none", edgecolor=FLAG, linewidth=2, label="flagged slice")]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     if geometry:
-        fig.text(0.99, 0.005, "letters: patient directions (R/L, A/P, S/I); slice positions along the slice normal",
-                 fontsize=6.5, ha="right", va="bottom", color="#666666")
+        fig.text(0.99, 0.95, "letters: patient directions (R/L, A/P, S/I); positions along the slice normal",
+                 fontsize=7, ha="right", va="top", color="#666666")
     folder = Path(folder)
     files = {"review_sheet": "review_sheet.png"}
     fig.savefig(folder / "review_sheet.png", format="png", facecolor="white")

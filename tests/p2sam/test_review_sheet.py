@@ -29,7 +29,7 @@ def make_result(nz: int = 12, size: int = 96, flagged_empty: int = 9):
     prior = ((yy - 47) ** 2 + (xx - 46) ** 2 < (11 - 1.4 * np.abs(zz - 6.5)) ** 2 * 1.2) & (zz >= 4) & (zz <= flagged_empty)
     hu[new] = 40
     volume = Volume(array=hu, spacing=(1.5, 1.5, 3.0), origin=(-72, -72, -20), modality="CT")
-    samples = np.stack([ndimage.binary_dilation(new, iterations=k % 2) if k % 3 else ndimage.binary_erosion(new)
+    samples = np.stack([ndimage.binary_dilation(new) if k % 3 == 1 else ndimage.binary_erosion(new) if k % 3 == 2 else new
                         for k in range(6)])
     slices = [SliceResult(z=z, prior_z=z, expected=bool(prior[z].any()), segmentation=_segmentation(bool(new[z].any())),
                           sample_dice=0.7 if z == 3 else 0.95) for z in range(2, nz - 1)]
