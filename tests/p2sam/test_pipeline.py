@@ -213,3 +213,18 @@ def test_cli_models_says_what_it_does_first_and_lists_no_latent_heads():
     assert proc.stderr.startswith("reading the model files")
     names = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(" ")]
     assert {"kvasir", "ct_phantom"} <= set(names) and not any(n.endswith("_latent") for n in names), proc.stdout
+
+
+def test_data_dir_defaults_to_one_per_user_folder_whatever_the_current_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("P2SAM_DATA_DIR", "XDG_DATA_HOME")}
+    env.update({"HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run = {"capture_output": True, "text": True, "env": env, "timeout": 120}
+    made = subprocess.run([sys.executable, "-m", "p2sam.cli", "apikey", "create", "--name", "newcomer", "--scope", "read"],
+                          cwd=tmp_path / "a", **run)
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([sys.executable, "-m", "p2sam.cli", "apikey", "list"], cwd=tmp_path / "b", **run)
+    assert "newcomer" in listed.stdout, listed.stdout + listed.stderr
+    assert (tmp_path / "home" / ".local" / "share" / "p2sam" / "apikeys.json").is_file()
+    assert not (tmp_path / "a" / ".p2sam-data").exists()
