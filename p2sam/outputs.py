@@ -129,11 +129,9 @@ def _preview(path: Path, target: Volume, result: FollowupResult, window, name: s
     seg = next((s.segmentation for s in result.slices if s.z == z), None)
     best = seg.best if seg is not None else None
     picture = imaging.to_model_input(target, z, window)
-    if best is None:
-        what = "structure not found"
-    else:
-        what = f"{best.n_pos} point{'s' if best.n_pos != 1 else ''} inside, {best.n_neg} outside"
-    title = f"{name}  slice {z}  green: new contour  prompts: {what}"
+    # plain words (the caption is read by clinicians): prompt points inside (dots) / outside (crosses)
+    what = "not found" if best is None else f"prompts: {best.n_pos} inside, {best.n_neg} outside"
+    title = f"{name}  slice {z}  {what}"
     save_preview(path, picture, result.mask[z], result.probability[z],
                  best.points if best else None, best.labels if best else None, title=title)
 

@@ -228,3 +228,4 @@ def test_data_dir_defaults_to_one_per_user_folder_whatever_the_current_folder(tm
     assert "newcomer" in listed.stdout, listed.stdout + listed.stderr
     assert (tmp_path / "home" / ".local" / "share" / "p2sam" / "apikeys.json").is_file()
     assert not (tmp_path / "a" / ".p2sam-data").exists()
+
