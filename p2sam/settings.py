@@ -6,6 +6,7 @@ is generated from this class (a test keeps it in sync).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,11 +15,22 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    """A per-user folder, the same whatever the current folder: $XDG_DATA_HOME/p2sam, else
+    ~/.local/share/p2sam (so `p2sam apikey list` run anywhere sees the keys `p2sam serve` uses)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "p2sam"
+
+
+# How the docs show defaults that depend on the user (docs/settings.md must not name one machine's home).
+SHOWN_DEFAULTS = {"data_dir": "`$XDG_DATA_HOME/p2sam`, else `~/.local/share/p2sam`"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="P2SAM_", extra="ignore")
 
     # --- where things live
-    data_dir: Path = Field(Path(".p2sam-data"), description="Job store, uploads and results (a shared volume when workers run elsewhere).")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Job store, uploads and results (a shared volume when workers run elsewhere).")
     models_dir: Path | None = Field(None, description="Extra weights files (*.pt) offered besides the bundled ones; the file stem is the model name.")
 
     # --- execution
@@ -72,6 +84,6 @@ def settings_markdown() -> str:
     ]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "(unset)" if default is None else f"`{default}`"
+        shown = SHOWN_DEFAULTS.get(name) or ("(unset)" if default is None else f"`{default}`")
         lines.append(f"| `P2SAM_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines) + "\n"

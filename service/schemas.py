@@ -230,9 +230,11 @@ class TargetResultOut(BaseModel):
     target: str
     found: bool | None
     volume_ml: float | None
+    area_mm2: float | None = Field(None, description="2-D pictures and single slices: the contour's area (mm^2)")
     review: bool | None = Field(description="QC asks for a human review")
     flagged_slices: list[int]
     warnings: list[str]
+    notes: list[str] = Field(default_factory=list, description="information, not problems (e.g. which files a picture gets)")
     artifacts: list[ArtifactOut]
 
 

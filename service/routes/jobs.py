@@ -113,8 +113,9 @@ def get_results(request: Request, job_id: str, who: Principal = Depends(principa
     for t in record.get("results") or []:
         artifacts = [{**a, "url": f"/v1/jobs/{job_id}/artifacts/{t['target']}/{a['name']}"} for a in t["artifacts"]]
         targets.append({"target": t["target"], "found": t.get("found"), "volume_ml": t.get("volume_ml"),
-                        "review": t.get("review"), "flagged_slices": t.get("flagged_slices") or [],
-                        "warnings": t.get("warnings") or [], "artifacts": artifacts})
+                        "area_mm2": t.get("area_mm2"), "review": t.get("review"),
+                        "flagged_slices": t.get("flagged_slices") or [], "warnings": t.get("warnings") or [],
+                        "notes": t.get("notes") or [], "artifacts": artifacts})
     return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record["model"]["requested"]},
                       method=summary.get("method"), targets=targets)
 
