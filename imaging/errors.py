@@ -45,3 +45,7 @@ class RoiNotFoundError(ImagingError):
 
 class EmptyRoiError(ImagingError):
     """The requested ROI exists but has nothing on the given image."""
+
+
+class PatientMismatchError(ImagingError):
+    """A mask (RTSTRUCT/SEG) belongs to another patient than the image (PatientID differs)."""
