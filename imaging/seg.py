@@ -22,7 +22,7 @@ from pydicom.uid import SegmentationStorage
 from . import dicom_common as dc
 from .errors import EmptyRoiError, FrameOfReferenceError, GeometryError, UnsupportedFileError
 from .limits import check_voxels
-from .mask_common import RoiMask, plane_slice, select
+from .mask_common import RoiMask, check_same_patient, plane_slice, select
 from .volume import Volume, direction_from_iop
 
 
@@ -110,6 +110,7 @@ def read_seg_segment(path, image: Volume, segment: "int | str | None" = None, *,
     ds = _open(path)
     number, label = select(seg_segments(path), segment, name, "segment")
     src = f"{name} segment {number} '{label}'"
+    check_same_patient(ds, image, name)
     img_for = image.dicom.frame_of_reference_uid if image.dicom else None
     seg_for = str(ds.get("FrameOfReferenceUID", ""))
     if img_for and seg_for and seg_for != img_for:
