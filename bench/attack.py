@@ -149,11 +149,13 @@ def _slow_client(url: str, key: str, seconds: float) -> tuple[str, float]:
                 return (answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"), time.time() - t0
             try:
                 data = s.recv(4096)
-                if not data:
-                    return (answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"), time.time() - t0
-                answer += data
             except socket.timeout:
-                pass
+                continue
+            except OSError:  # reset: the server answered and closed while bytes were still coming
+                data = b""
+            if not data:
+                return (answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"), time.time() - t0
+            answer += data
         return "still open", time.time() - t0
 
 
