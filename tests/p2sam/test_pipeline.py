@@ -202,7 +202,7 @@ def test_review_sheet_is_written_with_the_prior_volume(job):
     result = json.loads((out / "followup1" / "result.json").read_text())
     assert result["files"]["review_sheet"] == "review_sheet.png" and result["files"]["review_sheet_pdf"] == "review_sheet.pdf"
     with Image.open(out / "followup1" / "review_sheet.png") as im:
-        assert im.size == (1754, 1240)  # A4 landscape at 150 dpi
+        assert im.size == (1753, 1240)  # A4 landscape at 150 dpi
     assert (out / "followup1" / "review_sheet.pdf").read_bytes()[:5] == b"%PDF-"
     assert result["prior"]["volume_ml"] > 0
 
