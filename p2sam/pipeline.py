@@ -87,7 +87,7 @@ def run_job(
     if not prior_mask.any():
         raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
     job_warnings = roi_warnings(spec.roi, detail.name)
-    named = spec.roi is not None and not spec.roi.isdigit()
+    named = spec.roi is not None and not isinstance(_roi_arg(spec.roi), int)
     loose = named and spec.roi.strip().lower() == detail.name.strip().lower()
     roi_name = spec.roi_name_out or ((detail.name if loose else spec.roi) if named else "GTV")
     # Everything a user can get wrong is checked before the model is loaded or any target is
@@ -198,7 +198,7 @@ def _size(volume: imaging.Volume, mask: np.ndarray) -> dict[str, float]:
 
 
 def _roi_arg(roi: str | None) -> str | int | None:
-    return int(roi) if roi is not None and roi.isdigit() else roi
+    return int(roi) if roi is not None and roi.isascii() and roi.isdigit() else roi  # not "²": int() refuses it
 
 
 def _config_dict(cfg) -> dict[str, Any]:

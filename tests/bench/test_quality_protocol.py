@@ -57,6 +57,19 @@ def test_prior_is_the_third_frame_and_only_frames_4_on_are_scored(fake_cvc):
     assert all(o >= p - 1e-9 for o, p in zip(res["dice"]["oracle"], res["dice"]["p2sam"]))
 
 
+def test_frame_step_scores_every_kth_frame_from_the_fourth(fake_cvc):
+    root, weights = fake_cvc
+    from models import load_model
+
+    engine = P2SAMEngine(load_model(weights).sam, P2SAMConfig(pos_range=(1, 1), neg_range=(1, 1)))
+    frames = quality.sequence_frames(root / "seqA") + quality.sequence_frames(root / "seqB")  # 9 frames
+    full = quality.evaluate_sequence(engine, frames)
+    step = quality.evaluate_sequence(engine, frames, frame_step=2)
+    assert full["frames"] == [11, 12, 101, 102, 103, 104] and step["frames"] == [11, 101, 103]
+    for name in quality.method_names():  # the same prior, so the same Dice on the frames both score
+        assert step["dice"][name] == pytest.approx([full["dice"][name][i] for i in (0, 2, 4)], abs=1e-6)
+
+
 def test_mean_per_sequence_then_over_sequences():
     def seq(values, frames):
         return {"frames": list(range(frames)), "dice": {m: list(values) for m in quality.method_names()}}
