@@ -22,3 +22,16 @@ def test_poor_registration_warning_has_two_decimals():
     poor = [w for w in warnings if "registration quality is poor" in w]
     assert len(poor) == 1 and re.search(r"NCC -?\d\.\d\d,", poor[0]), warnings
     assert not re.search(r"\d\.\d{4,}", " ".join(warnings)), warnings
+
+
+def test_example_pictures_writes_a_2d_case_without_dataset_files(tmp_path):
+    from PIL import Image
+
+    from imaging.phantom import write_picture_example
+
+    paths = write_picture_example(tmp_path)
+    assert set(paths) == {"frame1", "frame1_mask", "frame2", "frame2_mask"}
+    with Image.open(paths["frame1"]) as im:
+        assert im.mode == "RGB" and im.size == (288, 240)
+    masks = [np.asarray(Image.open(paths[k])) > 0 for k in ("frame1_mask", "frame2_mask")]
+    assert all(m.sum() > 1000 for m in masks) and not np.array_equal(masks[0], masks[1])  # the polyp moved

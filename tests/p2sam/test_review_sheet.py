@@ -63,7 +63,7 @@ def test_the_montage_holds_every_slice_with_a_contour_or_a_flag(tmp_path):
     assert files == {"review_sheet": "review_sheet.png", "review_sheet_pdf": "review_sheet.pdf"}
     with Image.open(tmp_path / "review_sheet.png") as im:
         pixels = np.asarray(im.convert("RGB")).astype(int)
-    assert pixels.shape == (1240, 1754, 3)
+    assert pixels.shape == (1240, 1753, 3)
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 60)
     assert red.sum() > 2000  # flagged panels are framed in red
 

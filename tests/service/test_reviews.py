@@ -105,7 +105,7 @@ def test_a_clinician_rejects_a_target_in_the_browser(stack, finished_job, tmp_pa
         assert width > 0
         sheet = browser.wait_for(f"(() => {{ const img = {card}?.querySelector('img.sheet'); "
                                  "return img && img.complete && img.naturalWidth; })()")
-        assert sheet == 1754  # the one-page review sheet, shown under the card
+        assert sheet == 1753  # the one-page review sheet, shown under the card
         browser.eval(f"{card}.querySelector('textarea').value = {json.dumps(comment)}")
         browser.eval(f"{card}.querySelector('button.reject').click()")
         shown = browser.wait_for(f"(() => {{ const d = {card}.querySelector('.decision.rejected'); "
