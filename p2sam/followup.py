@@ -124,7 +124,7 @@ def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, wa
     reg = imaging.register_rigid(prior, target)
     summary = reg.summary()
     if reg.quality.label == "poor":
-        warnings.append(f"registration quality is poor (NCC {reg.quality.ncc_after}); check the follow-up slices")
+        warnings.append(f"registration quality is poor ({reg.quality.measure} {reg.quality.value_after}); check the follow-up slices")
     expected = reg.target_slices(prior_mask)
     if not expected:
         warnings.append("the prior structure maps outside this follow-up volume after registration")
