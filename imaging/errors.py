@@ -49,3 +49,7 @@ class EmptyRoiError(ImagingError):
 
 class PatientMismatchError(ImagingError):
     """A mask (RTSTRUCT/SEG) belongs to another patient than the image (PatientID differs)."""
+
+
+class ImageTooLargeError(ImagingError):
+    """The header declares more voxels than we read, or more data than the file holds."""

@@ -147,6 +147,10 @@ def transform_from_dict(d: dict) -> sitk.Transform:
     return t
 
 
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
+
+
 def _reference(volume: Volume) -> sitk.Image:
     ref = sitk.Image([int(s) for s in volume.shape[::-1]], sitk.sitkUInt8)
     ref.SetOrigin(tuple(volume.origin))
@@ -261,12 +265,13 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterat
     if cross:
         nmi1 = _nmi(fixed, moving, transform)
         if nmi1 is None or (nmi0 is not None and nmi1 < nmi0 - 0.005):
-            return fallback(f"cross-modality registration ({kind.rstrip(', ')}) did not improve alignment (NMI {nmi1} vs "
-                            f"{nmi0} before); matched by position")
+            return fallback(f"cross-modality registration ({kind.rstrip(', ')}) did not improve alignment (NMI {_fmt(nmi1)} "
+                            f"vs {_fmt(nmi0)} before); matched by position")
     else:
         nmi1 = None
         if ncc1 is None or (ncc0 is not None and ncc1 < ncc0 - 0.02):
-            return fallback(f"registration did not improve alignment (NCC {ncc1} vs {ncc0} before); matched by position")
+            return fallback(f"registration did not improve alignment (NCC {_fmt(ncc1)} vs {_fmt(ncc0)} before); "
+                            "matched by position")
     angles = np.degrees(np.array(transform.GetParameters()[:3]))
     quality = Quality(ncc_before=ncc0, ncc_after=ncc1, overlap_fraction=overlap1,
                       translation_mm=tuple(float(v) for v in transform.GetTranslation()),
