@@ -9,7 +9,15 @@ Rigid: Euler3D, Mattes mutual information, 3-level pyramid, regular-step gradien
 initialised from the better (by metric) of identity and image-moments centring.
 Position matching (identity in LPS) is used when a volume has fewer than
 ``MIN_SLICES`` slices, when registration fails, or when it makes the alignment worse
-(normalised cross-correlation below identity's); ``method`` and ``reason`` say which.
+(by the quality measure); ``method`` and ``reason`` say which.
+
+Same modality (e.g. CT -> CT): the quality measure is the normalised cross-correlation (NCC)
+of the intensities. Different modalities (``Volume.modality`` differs, e.g. MR -> CT; a NIfTI
+is "CT" when its values go below -200 HU, else "OT"): intensities are not comparable, so the
+images are clipped to their 0.5-99.5 percentiles (CT to ``CLAMP_HU``), the Mattes MI uses
+more bins, the moments initialiser (which assumes similar intensities) is not tried, and the
+quality measure is the normalised mutual information NMI = (H(A) + H(B)) / H(A, B) (1 =
+independent, 2 = one image determines the other); ``Quality.measure`` says which.
 """
 from __future__ import annotations
 
@@ -24,12 +32,15 @@ MIN_SLICES = 4
 MAX_IN_PLANE = 160
 MAX_SAMPLES = 60_000  # metric samples per level: keeps big CTs fast on a CPU
 CLAMP_HU = (-1000.0, 1500.0)
+NMI_GOOD, NMI_FAIR = 1.12, 1.06  # cross-modality quality labels (docs/volumes.md: MR T1 -> CT, STS data)
 
 
 @dataclass
 class Quality:
     """How good the alignment is. NCC = normalised cross-correlation of follow-up and
-    resampled prior intensities over their overlap (1 = identical)."""
+    resampled prior intensities over their overlap (1 = identical); NMI = their normalised
+    mutual information (cross-modality, see module docstring). ``measure`` names the one the
+    label and the fallback decision use."""
 
     ncc_before: float | None = None
     ncc_after: float | None = None
@@ -38,12 +49,23 @@ class Quality:
     rotation_deg: float | None = None
     iterations: int | None = None
     stop_condition: str = ""
+    measure: str = "NCC"
+    nmi_before: float | None = None
+    nmi_after: float | None = None
 
     @property
     def label(self) -> str:
+        if self.measure == "NMI":
+            if self.nmi_after is None:
+                return "unknown"
+            return "good" if self.nmi_after >= NMI_GOOD else "fair" if self.nmi_after >= NMI_FAIR else "poor"
         if self.ncc_after is None:
             return "unknown"
         return "good" if self.ncc_after >= 0.9 else "fair" if self.ncc_after >= 0.7 else "poor"
+
+    @property
+    def value_after(self) -> float | None:
+        return self.nmi_after if self.measure == "NMI" else self.ncc_after
 
 
 @dataclass
@@ -101,9 +123,28 @@ class Registration:
         """JSON-friendly report (no patient identifiers)."""
         q = self.quality
         return {"method": self.method, "reason": self.reason, "metric_value": self.metric_value,
-                "quality": q.label, "ncc_before": q.ncc_before, "ncc_after": q.ncc_after,
+                "cross_modality": q.measure == "NMI", "modalities": [self.prior.modality, self.followup.modality],
+                "quality": q.label, "quality_measure": q.measure, "nmi_before": q.nmi_before, "nmi_after": q.nmi_after,
+                "ncc_before": q.ncc_before, "ncc_after": q.ncc_after,
                 "overlap_fraction": q.overlap_fraction, "translation_mm": q.translation_mm,
-                "rotation_deg": q.rotation_deg, "iterations": q.iterations, "stop_condition": q.stop_condition}
+                "rotation_deg": q.rotation_deg, "iterations": q.iterations, "stop_condition": q.stop_condition,
+                "transform": transform_dict(self.transform)}
+
+
+def transform_dict(transform: sitk.Transform) -> dict:
+    """The rigid transform (follow-up LPS -> prior LPS) as JSON: Euler3D angles (rad) and translation
+    (mm) in ``parameters``, the rotation centre (mm) in ``fixed_parameters``."""
+    t = sitk.Euler3DTransform(transform) if transform.GetName() == "Euler3DTransform" else transform
+    return {"kind": t.GetName(), "parameters": [float(v) for v in t.GetParameters()],
+            "fixed_parameters": [float(v) for v in t.GetFixedParameters()]}
+
+
+def transform_from_dict(d: dict) -> sitk.Transform:
+    """Inverse of :func:`transform_dict` (Euler3D)."""
+    t = sitk.Euler3DTransform()
+    t.SetFixedParameters([float(v) for v in d["fixed_parameters"]])
+    t.SetParameters([float(v) for v in d["parameters"]])
+    return t
 
 
 def _fmt(value: float | None) -> str:
@@ -118,13 +159,17 @@ def _reference(volume: Volume) -> sitk.Image:
     return ref
 
 
-def _grey(volume: Volume) -> sitk.Image:
-    """Float32 image for registration: CT clamped to CLAMP_HU, averaged down in-plane to
-    at most ~MAX_IN_PLANE pixels a side (registration accuracy needed is ~1 mm, not 0.5)."""
+def _grey(volume: Volume, robust: bool = False) -> sitk.Image:
+    """Float32 image for registration: CT clamped to CLAMP_HU (other images, with ``robust``,
+    to their 0.5-99.5 percentiles), averaged down in-plane to at most ~MAX_IN_PLANE pixels a
+    side (registration accuracy needed is ~1 mm, not 0.5)."""
     arr = volume.array.mean(axis=-1) if volume.is_rgb else volume.array
     arr = np.asarray(arr, dtype=np.float32)
     if volume.modality == "CT":
         arr = np.clip(arr, *CLAMP_HU)
+    elif robust and arr.size:
+        lo, hi = np.percentile(arr.ravel()[:: max(1, arr.size // 200_000)], [0.5, 99.5])
+        arr = np.clip(arr, lo, hi if hi > lo else lo + 1).astype(np.float32)  # float64 bounds would promote
     img = to_sitk(volume, arr)
     nx, ny, _ = img.GetSize()
     factors = [max(1, nx // MAX_IN_PLANE), max(1, ny // MAX_IN_PLANE), 1]
@@ -145,25 +190,50 @@ def _ncc(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> tu
     return (float((a * b).sum() / denom) if denom > 0 else None), float(inside.mean())
 
 
+def _nmi(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, bins: int = 32) -> float | None:
+    """Normalised mutual information (H(A) + H(B)) / H(A, B) over the overlap of fixed and
+    transformed moving (same coarse grid as :func:`_ncc`)."""
+    fixed = sitk.Shrink(fixed, [max(1, n // 128) for n in fixed.GetSize()])
+    f = sitk.GetArrayFromImage(fixed)
+    m = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, np.nan, sitk.sitkFloat32))
+    inside = np.isfinite(m)
+    if inside.sum() < 100:
+        return None
+    joint, _, _ = np.histogram2d(f[inside], m[inside], bins=bins)
+    p = joint / joint.sum()
+
+    def entropy(q):
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    h_ab = entropy(p)
+    return float((entropy(p.sum(1)) + entropy(p.sum(0))) / h_ab) if h_ab > 0 else None
+
+
 def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterations: int = 100,
                    threads: int | None = None) -> Registration:
     """Align ``prior`` to ``followup`` (see module docstring). Never raises for images that
     cannot be registered: falls back to position matching and says why."""
-    fixed, moving = _grey(followup), _grey(prior)
+    cross = prior.modality != followup.modality
+    measure = "NMI" if cross else "NCC"
+    fixed, moving = _grey(followup, robust=cross), _grey(prior, robust=cross)
     identity = sitk.Euler3DTransform()
     ncc0, overlap0 = _ncc(fixed, moving, identity)
+    nmi0 = _nmi(fixed, moving, identity) if cross else None
+    kind = f"{prior.modality} -> {followup.modality}, " if cross else ""
 
     def fallback(reason: str) -> Registration:
         return Registration(prior, followup, identity, "position_matching", None,
                             Quality(ncc_before=ncc0, ncc_after=ncc0, overlap_fraction=overlap0,
-                                    translation_mm=(0.0, 0.0, 0.0), rotation_deg=0.0), reason)
+                                    translation_mm=(0.0, 0.0, 0.0), rotation_deg=0.0, measure=measure,
+                                    nmi_before=nmi0, nmi_after=nmi0), reason)
 
     if min(prior.shape[0], followup.shape[0]) < MIN_SLICES:
         return fallback(f"a volume has fewer than {MIN_SLICES} slices; matched slices by position along the normal")
     reg = sitk.ImageRegistrationMethod()
     if threads:
         reg.SetNumberOfThreads(int(threads))
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=48 if cross else 32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=max_iterations,
@@ -177,9 +247,10 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterat
     reg.SetSmoothingSigmasPerLevel([max(f - 1, 0) for f in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     try:
-        candidates = [sitk.Euler3DTransform(),
-                      sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                        sitk.CenteredTransformInitializerFilter.MOMENTS)]
+        candidates = [sitk.Euler3DTransform()]
+        if not cross:  # intensity moments mean nothing across modalities
+            candidates.append(sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                                sitk.CenteredTransformInitializerFilter.MOMENTS))
         scores = []
         for c in candidates:
             reg.SetInitialTransform(c, inPlace=False)
@@ -191,13 +262,21 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterat
     except RuntimeError as exc:
         return fallback(f"registration failed ({str(exc).splitlines()[0][:120]}); matched slices by position")
     ncc1, overlap1 = _ncc(fixed, moving, transform)
-    if ncc1 is None or (ncc0 is not None and ncc1 < ncc0 - 0.02):
-        return fallback(f"registration did not improve alignment (NCC {_fmt(ncc1)} vs {_fmt(ncc0)} before); "
-                        "matched by position")
+    if cross:
+        nmi1 = _nmi(fixed, moving, transform)
+        if nmi1 is None or (nmi0 is not None and nmi1 < nmi0 - 0.005):
+            return fallback(f"cross-modality registration ({kind.rstrip(', ')}) did not improve alignment (NMI {_fmt(nmi1)} "
+                            f"vs {_fmt(nmi0)} before); matched by position")
+    else:
+        nmi1 = None
+        if ncc1 is None or (ncc0 is not None and ncc1 < ncc0 - 0.02):
+            return fallback(f"registration did not improve alignment (NCC {_fmt(ncc1)} vs {_fmt(ncc0)} before); "
+                            "matched by position")
     angles = np.degrees(np.array(transform.GetParameters()[:3]))
     quality = Quality(ncc_before=ncc0, ncc_after=ncc1, overlap_fraction=overlap1,
                       translation_mm=tuple(float(v) for v in transform.GetTranslation()),
                       rotation_deg=float(np.linalg.norm(angles)), iterations=int(reg.GetOptimizerIteration()),
-                      stop_condition=reg.GetOptimizerStopConditionDescription()[:200])
+                      stop_condition=reg.GetOptimizerStopConditionDescription()[:200], measure=measure,
+                      nmi_before=nmi0, nmi_after=nmi1)
     return Registration(prior, followup, transform, "rigid_registration", float(reg.GetMetricValue()), quality,
-                        "rigid registration (Euler3D, Mattes MI)")
+                        f"rigid registration ({kind}Euler3D, Mattes MI)")

@@ -126,8 +126,10 @@ def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, wa
     reg = imaging.register_rigid(prior, target)
     summary = reg.summary()
     if reg.quality.label == "poor":
-        ncc = reg.quality.ncc_after
-        warnings.append(f"registration quality is poor (NCC {ncc:.2f}, good is 0.90 or more); check the follow-up slices")
+        q = reg.quality
+        good = "0.90" if q.measure == "NCC" else "1.12"
+        value = "none" if q.value_after is None else f"{q.value_after:.2f}"
+        warnings.append(f"registration quality is poor ({q.measure} {value}, good is {good} or more); check the follow-up slices")
     mapped = reg.map_mask(prior_mask)
     expected = [int(k) for k in np.flatnonzero(mapped.reshape(mapped.shape[0], -1).any(axis=1))]
     if not expected:

@@ -76,3 +76,38 @@ def test_2d_pictures_use_position_matching():
     mask[0, 5:9, 7:20] = True
     assert reg.method == "position_matching" and reg.slice_correspondence() == [0]
     assert np.array_equal(reg.map_mask(mask), mask)
+
+
+def _mr_like(ct: Volume) -> Volume:
+    """An 'MR' of a CT: the same anatomy with a non-monotonic tissue contrast (fat bright, soft
+    tissue mid-grey, bone and air dark), so intensity correlation says nothing."""
+    hu = ct.array
+    mr = np.select([hu < -500, hu < -50, hu < 300], [20.0, 900.0, 400.0 + hu], default=60.0).astype(np.float32)
+    return ct.with_array(mr, modality="MR")
+
+
+def test_cross_modality_registration_uses_mutual_information(case):
+    prior = _mr_like(case.images[0])
+    fu = case.images[1]
+    reg = register_rigid(prior, fu, threads=2)
+    summary = reg.summary()
+    assert reg.method == "rigid_registration", reg.reason
+    assert summary["cross_modality"] and summary["modalities"] == ["MR", "CT"] and "MR -> CT" in reg.reason
+    assert summary["quality_measure"] == "NMI" and summary["nmi_after"] > summary["nmi_before"]
+    assert summary["quality"] in ("good", "fair") and summary["transform"]["kind"] == "Euler3DTransform"
+    world = fu.index_to_world(np.argwhere(fu.array > -500)[::97])
+    got = np.array([reg.transform.TransformPoint(tuple(w)) for w in world])
+    error = np.linalg.norm(got - expected_prior_point(case, 1, world), axis=1)
+    # within one voxel (2.5 x 2.5 x 3 mm, diagonal 4.6 mm); CT -> CT does better (< 2.5 mm, above)
+    assert error.mean() < 3.0 and error.max() < 4.0, f"cross-modality registration error {error.mean():.2f} / {error.max():.2f} mm"
+    # the same pair as CT -> CT keeps the intensity-correlation measure
+    assert register_rigid(case.images[0], fu, threads=2).summary()["quality_measure"] == "NCC"
+
+
+def test_transform_in_the_summary_rebuilds_the_registration(case):
+    from imaging.registration import transform_from_dict
+
+    reg = register_rigid(case.images[0], case.images[2], threads=2)
+    rebuilt = transform_from_dict(reg.summary()["transform"])
+    p = tuple(float(v) for v in case.images[2].index_to_world(np.array([3, 20, 30])))
+    assert np.allclose(rebuilt.TransformPoint(p), reg.transform.TransformPoint(p), atol=1e-9)
