@@ -72,15 +72,21 @@ def method_names(regraf: bool = False) -> list[str]:
     return ["direct", "persam", "prior_box"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"] + (["regraf"] if regraf else [])
 
 
-def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False, regraf: P2SAMEngine | None = None) -> dict:
+def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False, regraf: P2SAMEngine | None = None,
+                      frame_step: int = 1) -> dict:
     """Dice of every method on the scored frames of one sequence.
 
     Returns ``{"frames": [n, ...], "dice": {method: [per scored frame]}, "chosen": [(n_pos, n_neg)],
     "seconds": {"p2sam": [...], "regraf": [...]}}``; with ``oracle``, also the best retrieval
     candidate per frame (``"oracle"``, a diagnostic); with ``regraf`` (the same engine with ReGRAF
-    on), P²SAM + ReGRAF (``"regraf"``) and its wall time per target next to plain P²SAM's.
+    on), P²SAM + ReGRAF (``"regraf"``) and its wall time per target next to plain P²SAM's. With
+    ``frame_step`` k > 1 only every k-th scored frame (4th, 4+k-th, ...) is predicted and scored: a
+    cheaper estimate of the same protocol (each frame is segmented from the prior alone).
     """
-    encoded = [engine.encode(read_rgb(f.image)) for f in frames]
+    if frame_step > 1:  # the prior frame, then every k-th scored frame; the unscored ones are not predicted
+        picked = [i for i in range(UNSCORED, len(frames)) if (i - UNSCORED) % frame_step == 0]
+        frames = frames[:UNSCORED] if not picked else [frames[PRIOR_INDEX]] * UNSCORED + [frames[i] for i in picked]
+    encoded = [engine.encode(read_rgb(f.image)) if i >= PRIOR_INDEX or frame_step == 1 else None for i, f in enumerate(frames)]
     truths = [read_mask(f.mask) for f in frames]
     prior = engine.set_prior(encoded[PRIOR_INDEX], truths[PRIOR_INDEX])
     names = method_names(regraf is not None)
@@ -88,6 +94,8 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
     seconds: dict[str, list[float]] = {"p2sam": [], "regraf": []}
     scored, chosen = [], []
     for i, (enc, truth) in enumerate(zip(encoded, truths)):
+        if frame_step > 1 and i < UNSCORED:
+            continue
         t = time.perf_counter()
         results = {"p2sam": engine.segment(enc, prior, method="p2sam")}
         seconds["p2sam"].append(time.perf_counter() - t)
@@ -172,7 +180,9 @@ def print_table(summary: dict, model: str, chosen: Counter) -> None:
 
     rows = [row(n, e, e["frames_scored"]) for n, e in summary["per_sequence"].items()]
     rows.append(row("mean", summary, sum(e["frames_scored"] for e in summary["per_sequence"].values())))
-    print(f"quality: {model}; prior = 3rd frame, frames 4.. scored; Dice per frame -> sequence -> mean")
+    step = summary.get("frame_step", 1)
+    scored = "frames 4.. scored" if step == 1 else f"every {step}th frame from the 4th scored (--frame-step {step}: an estimate)"
+    print(f"quality: {model}; prior = 3rd frame, {scored}; Dice per frame -> sequence -> mean")
     print("columns: direct transfer | PerSAM | prior mask's box as box prompt | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)")
     print(table(header, rows))
     fixed_best = max(summary["p2sam_fixed"].values())
@@ -198,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regraf", action="store_true", help="add a column: P²SAM with ReGRAF refinement (and its time per target)")
     parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frame-step", type=int, default=1, metavar="K",
+                        help="predict and score only every K-th scored frame of each sequence (a cheaper estimate; default 1: all)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="print the table of runs made on disjoint --sequences (their --json files) as one run")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs(args.merge, args.json)
     root = Path(args.data)
     sequences = find_sequences(root) if root.is_dir() else {}
     if args.sequences:
@@ -214,14 +230,56 @@ def main(argv: list[str] | None = None) -> int:
         if len(frames) <= UNSCORED:
             log(f"{name}: {len(frames)} frames, nothing to score (the first {UNSCORED} are not scored)")
             continue
-        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle, regraf=regraf)
+        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle, regraf=regraf, frame_step=args.frame_step)
         chosen.update(c for c in per_sequence[name]["chosen"] if c)
         log(f"{name}: {len(frames)} frames, P²SAM {np.mean(per_sequence[name]['dice']['p2sam']):.3f}")
     summary = summarize(per_sequence)
     summary["weights"], summary["config"] = model, {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    summary["chosen"] = {f"{k[0]},{k[1]}": v for k, v in chosen.items()}
+    summary["frame_step"] = args.frame_step
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print_table(summary, model, chosen)
+    print(f"p2sam_dice {summary['p2sam_retrieval']:.4f}")
+    return 0
+
+
+def merge_runs(paths: list[str], out: str | None) -> int:
+    """One table from runs on disjoint sequence subsets (same weights and settings)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({(r["weights"], json.dumps(r["config"], sort_keys=True), r.get("frame_step", 1)) for r in runs}) != 1:
+        print("cannot merge: the runs used different weights or engine settings", file=sys.stderr)
+        return 2
+    per_sequence = {name: entry for r in runs for name, entry in r["per_sequence"].items()}
+    if len(per_sequence) != sum(len(r["per_sequence"]) for r in runs):
+        print("cannot merge: a sequence appears in more than one run", file=sys.stderr)
+        return 2
+    names = [n for n, e in per_sequence.items() if e["frames_scored"]]
+
+    def over(get):
+        return float(np.mean([get(per_sequence[n]) for n in names]))
+
+    summary = {
+        "direct": over(lambda e: e["direct"]), "persam": over(lambda e: e["persam"]),
+        "prior_box": over(lambda e: e["prior_box"]),
+        "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
+        "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
+        "per_sequence": dict(sorted(per_sequence.items())),
+        "weights": runs[0]["weights"], "config": runs[0]["config"], "frame_step": runs[0].get("frame_step", 1),
+    }
+    for extra in ("oracle", "regraf"):
+        if all(extra in per_sequence[n] for n in names):
+            summary["p2sam_regraf" if extra == "regraf" else extra] = over(lambda e, x=extra: e[x])
+    frames = {k: sum(r.get("seconds_per_target", {}).get(k, 0) * sum(e["frames_scored"] for e in r["per_sequence"].values())
+                     for r in runs) for k in ("p2sam",)}
+    summary["seconds_per_target"] = {k: v / max(1, sum(per_sequence[n]["frames_scored"] for n in names)) for k, v in frames.items()}
+    chosen: Counter = Counter()
+    for r in runs:
+        chosen.update({tuple(int(x) for x in k.split(",")): v for k, v in r.get("chosen", {}).items()})
+    summary["chosen"] = {f"{k[0]},{k[1]}": v for k, v in chosen.items()}
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=1))
+    print_table(summary, summary["weights"], chosen)
     print(f"p2sam_dice {summary['p2sam_retrieval']:.4f}")
     return 0
 

@@ -16,7 +16,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .errors import GeometryError, SeriesSelectionError, UnsupportedFileError
+from .errors import FrameOfReferenceError, GeometryError, SeriesSelectionError, UnsupportedFileError
+from .limits import check_voxels
 from .volume import PATIENT_STUDY_KEYWORDS, DicomInfo, Volume, direction_from_iop
 
 NON_IMAGE_MODALITIES = {
@@ -212,12 +213,21 @@ def volume_from_series(items: list[tuple[Path, pydicom.Dataset]], source: str) -
     """Read pixel data of one series (already chosen) into a Volume. CT values are float32
     HU (RescaleSlope/Intercept applied); RGB images become (1, y, x, 3) uint8."""
     headers = [ds for _, ds in items]
+    frames = sorted({str(ds.get("FrameOfReferenceUID", "") or "") for ds in headers} - {""})
+    if len(frames) > 1:
+        counts = {f: sum(str(ds.get("FrameOfReferenceUID", "")) == f for ds in headers) for f in frames}
+        raise FrameOfReferenceError(
+            f"{source}: the series' slices are in {len(frames)} different Frames of Reference ("
+            + ", ".join(f"{n} slices in {f}" for f, n in counts.items())
+            + "); their positions are not in one coordinate system. Send one consistent series")
     order, origin, spacing, direction, notes = stack_geometry(headers, [p.name for p, _ in items], source)
     items = [items[i] for i in order]
     first = items[0][1]
     rgb = int(first.get("SamplesPerPixel", 1)) == 3
     if rgb and len(items) > 1:
         raise UnsupportedFileError(f"{source}: a series of {len(items)} colour images is not a volume we read")
+    check_voxels((len(items), int(first.Rows), int(first.Columns), int(first.get("SamplesPerPixel", 1) or 1)), source,
+                 "series")  # before any pixel data is read
     slices = []
     for path, _ in items:
         arr, ds = _pixels(path, source)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GeometryError, RoiNotFoundError
+from .errors import GeometryError, PatientMismatchError, RoiNotFoundError
 from .volume import Volume
 
 POSITION_TOL_SLICES = 0.25  # of the slice spacing
@@ -87,3 +87,13 @@ def plane_slice(image: Volume, points_lps: np.ndarray, ref_uid: str | None,
         return None, "outside"
     raise GeometryError(f"{source}: a plane lies between image slices ({kc:.2f} in slice units); it was "
                         "drawn on another series; give the series it was drawn on")
+
+
+def check_same_patient(ds, image: Volume, name: str) -> None:
+    """Refuse a mask object whose PatientID differs from the image's (when both have one).
+    The identifiers are not echoed (messages end up in logs and HTTP error bodies)."""
+    theirs = str(ds.get("PatientID", "") or "").strip()
+    ours = str((image.dicom.patient_study.get("PatientID", "") if image.dicom else "") or "").strip()
+    if theirs and ours and theirs != ours:
+        raise PatientMismatchError(f"{name}: belongs to another patient than the image series (PatientID differs); "
+                                   "give the structure set drawn on this patient's images")

@@ -222,3 +222,43 @@ def write_example_case(out_dir, seed: int = 0, shape: tuple[int, int, int] = (16
     (out / "case.json").write_text(json.dumps(summary, indent=2))
     paths["case_json"] = str(out / "case.json")
     return paths
+
+
+def write_picture_example(out_dir, seed: int = 0, size: tuple[int, int] = (240, 288)) -> dict:
+    """A tiny 2-D case made here (no dataset files): two endoscopy-like RGB frames of a
+    reddish, lit lumen with a raised pale polyp that moves and grows a little between them, and
+    the polyp's mask on both. Writes ``frame1.png``, ``frame1_mask.png`` (the prior),
+    ``frame2.png`` (the follow-up) and ``frame2_mask.png`` (its truth); returns their paths."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 3).astype(np.float32)
+    texture /= texture.std() + 1e-6
+    paths: dict[str, str] = {}
+    polyps = [(0.46 * h, 0.40 * w, 0.16 * h, 0.13 * w, 0.2), (0.50 * h, 0.47 * w, 0.17 * h, 0.145 * w, 0.35)]
+    for i, (cy, cx, ry, rx, angle) in enumerate(polyps, start=1):
+        # lumen: dark centre (the far end), light falling off towards the edges (vignette)
+        r = np.hypot((yy - 0.55 * h) / h, (xx - 0.62 * w) / w)
+        light = np.clip(1.15 - 1.4 * np.abs(r - 0.32), 0.25, 1.0)
+        img = np.stack([185 * light, 80 * light, 70 * light], axis=-1) + 6 * texture[..., None]
+        c, s = np.cos(angle), np.sin(angle)
+        u, v = ((xx - cx) * c + (yy - cy) * s) / rx, (-(xx - cx) * s + (yy - cy) * c) / ry
+        wobble = 1 + 0.08 * np.sin(3 * np.arctan2(v, u) + i)
+        d = np.hypot(u, v) / wobble
+        mask = d < 1.0
+        dome = np.clip(1 - d, 0, 1)[..., None]
+        polyp = np.array([225, 150, 135], np.float32) * (0.8 + 0.25 * dome) + 8 * texture[..., None]
+        img = np.where(mask[..., None], polyp, img)
+        img = img + np.where(((d > 0.95) & (d < 1.08))[..., None], -35, 0)  # its shadowed rim
+        glint = np.exp(-(((xx - cx + 0.3 * rx) ** 2 + (yy - cy - 0.35 * ry) ** 2) / (2 * (0.08 * rx) ** 2)))
+        img = img + 120 * glint[..., None]
+        img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(out / f"frame{i}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"frame{i}_mask.png")
+        paths[f"frame{i}"] = str(out / f"frame{i}.png")
+        paths[f"frame{i}_mask"] = str(out / f"frame{i}_mask.png")
+    return paths

@@ -106,6 +106,10 @@ class Registration:
                 "rotation_deg": q.rotation_deg, "iterations": q.iterations, "stop_condition": q.stop_condition}
 
 
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
+
+
 def _reference(volume: Volume) -> sitk.Image:
     ref = sitk.Image([int(s) for s in volume.shape[::-1]], sitk.sitkUInt8)
     ref.SetOrigin(tuple(volume.origin))
@@ -188,7 +192,8 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterat
         return fallback(f"registration failed ({str(exc).splitlines()[0][:120]}); matched slices by position")
     ncc1, overlap1 = _ncc(fixed, moving, transform)
     if ncc1 is None or (ncc0 is not None and ncc1 < ncc0 - 0.02):
-        return fallback(f"registration did not improve alignment (NCC {ncc1} vs {ncc0} before); matched by position")
+        return fallback(f"registration did not improve alignment (NCC {_fmt(ncc1)} vs {_fmt(ncc0)} before); "
+                        "matched by position")
     angles = np.degrees(np.array(transform.GetParameters()[:3]))
     quality = Quality(ncc_before=ncc0, ncc_after=ncc1, overlap_fraction=overlap1,
                       translation_mm=tuple(float(v) for v in transform.GetTranslation()),

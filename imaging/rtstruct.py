@@ -24,7 +24,7 @@ from pydicom.uid import RTStructureSetStorage
 
 from . import dicom_common as dc
 from .errors import EmptyRoiError, FrameOfReferenceError, GeometryError, MissingReferenceError, UnsupportedFileError
-from .mask_common import RoiMask, plane_slice, select
+from .mask_common import RoiMask, check_same_patient, plane_slice, select
 from .raster import mask_to_rings, remove_small_islands, rings_to_mask
 from .volume import Volume
 
@@ -98,6 +98,7 @@ def read_rtstruct_roi(path, image: Volume, roi: "str | int | None" = None, *,
     number, roi_name = select([(i.number, i.name) for i in infos], roi, name, "ROI")
     info = next(i for i in infos if i.number == number)
     src = f"{name} ROI '{roi_name}'"
+    check_same_patient(ds, image, name)
     img_for = image.dicom.frame_of_reference_uid if image.dicom else None
     if img_for and info.frame_of_reference_uid and info.frame_of_reference_uid != img_for:
         raise FrameOfReferenceError(f"{src} is in Frame of Reference {info.frame_of_reference_uid} but the image "

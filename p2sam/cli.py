@@ -11,12 +11,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from imaging.phantom import write_example_case
+    from imaging.phantom import write_example_case, write_picture_example
 
+    if getattr(args, "pictures", False):
+        paths = write_picture_example(args.out, seed=args.seed)
+        out = Path(args.out)
+        print(f"wrote a synthetic 2-D case (two endoscopy-like frames, the polyp's mask on both) to {out}/ (seed {args.seed}):")
+        for key, path in paths.items():
+            print(f"  {key:<12} {path}")
+        print("next:")
+        print(f"  p2sam segment --prior {out}/frame1.png --prior-mask {out}/frame1_mask.png --target {out}/frame2.png --out {out}/out")
+        return 0
     paths = write_example_case(args.out, seed=args.seed)
     out = Path(args.out)
     print(f"wrote the synthetic example case to {out}/ (seed {args.seed}):")
@@ -50,13 +60,34 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(file=sys.stderr)
     print(f"model {summary['model']['name']} ({summary['model']['backbone']}), method {summary['method']}, {summary['seconds']:.1f} s")
-    print(f"{'target':<16}{'found':>7}{'volume':>12}{'review':>8}  files")
+    print(f"{'target':<16}{'found':>7}{'size':>14}{'review':>8}  folder")
+    notes: list[str] = []
     for t in summary["targets"]:
-        vol = "-" if t["volume_ml"] is None else f"{t['volume_ml']:.2f} mL"
-        print(f"{t['target']:<16}{str(t['found']):>7}{vol:>12}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
+        print(f"{t['target']:<16}{str(t['found']):>7}{size_text(t):>14}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
         for w in t["warnings"]:
             print(f"{'':<16}warning: {w}")
+        notes += [n for n in t.get("notes", []) if n not in notes]
+    for note in notes:  # said once for the job, not per target
+        print(f"note: {note}")
+    args.summary = summary
+    if getattr(args, "closing_line", True):
+        print(f"results: {Path(args.out)}/<target>/ ({', '.join(files_written(summary))})")
     return 0
+
+
+def size_text(target: dict) -> str:
+    """'12.34 mL' for a volume, '5900 mm²' for a picture or single slice, '-' when nothing was found."""
+    if target.get("area_mm2") is not None:
+        return f"{target['area_mm2']:.0f} mm²"
+    return "-" if target.get("volume_ml") is None else f"{target['volume_ml']:.2f} mL"
+
+
+def files_written(summary: dict) -> list[str]:
+    """Every file name written for the job's targets, in a stable order (result.json last)."""
+    names: list[str] = []
+    for t in summary["targets"]:
+        names += [f for f in t.get("files", {}).values() if f not in names]
+    return names + ["result.json"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -65,12 +96,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .pipeline import dice
 
+    t0 = time.perf_counter()
     out = Path(args.out)
     _cmd_example(argparse.Namespace(out=str(out), seed=args.seed))
     seg_args = argparse.Namespace(
         prior=str(out / "prior"), prior_mask=str(out / "prior_rtstruct.dcm"), roi="GTV",
         target=[str(out / "followup1"), str(out / "followup2")], out=str(out / "out"), model=args.model,
-        method="p2sam", samples=None, sampler="prompt_noise", window=None, margin=None, outputs=None, quiet=args.quiet)
+        method="p2sam", samples=None, sampler="prompt_noise", window=None, margin=None, outputs=None, quiet=args.quiet,
+        closing_line=False)
     print()
     code = _cmd_segment(seg_args)
     print("\nDice against the phantom's ground truth (3-D, whole volume):")
@@ -79,11 +112,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         truth = imaging.read_mask(out / f"{name}_gtv.nii.gz", target)
         predicted = imaging.read_mask(out / "out" / name / "mask.nii.gz", target)
         print(f"  {name:<12} Dice {dice(predicted, truth):.3f}   (truth {truth.sum()} voxels, predicted {predicted.sum()})")
-    print(f"\nresults: {out / 'out'}/<target>/ (rtstruct.dcm, seg.dcm, mask.nii.gz, samples.nii.gz, preview.png, result.json)")
+    print(f"\nresults: {out / 'out'}/<target>/ ({', '.join(files_written(seg_args.summary))})")
+    print(f"all of it took {time.perf_counter() - t0:.0f} s (example case, model loading, both follow-ups, Dice)")
     return code
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    # torch's import and the checksums take seconds on a small machine: say so before, not after
+    print("reading the model files (loading PyTorch, checking sha256) ...", file=sys.stderr, flush=True)
     from .modelpool import ModelPool
 
     for m in ModelPool().describe():
@@ -137,9 +173,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("example", help="write the bundled synthetic CT case (prior + RTSTRUCT + 2 follow-ups + truth)")
+    p = sub.add_parser("example", help="write the synthetic CT case (prior + RTSTRUCT + 2 follow-ups + truth), or with --pictures a 2-D one")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pictures", action="store_true", help="write a 2-D case instead: two RGB frames + the prior's PNG mask")
     p.set_defaults(run=_cmd_example)
 
     p = sub.add_parser("demo", help="write the example case, segment its follow-ups, report Dice against the truth")
@@ -201,20 +238,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def user_error(exc: Exception) -> str | None:
-    """One line for errors that are the user's to fix (bad input, unknown model, bad config), else None."""
-    from pydantic import ValidationError
+    """One line for errors that are the user's to fix (bad input, unknown model, bad config), else None.
+    Which errors those are is decided in one place, shared with the worker: p2sam.errors.classify."""
+    from .errors import classify, message
 
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-    from imaging import ImagingError
-    from models import CheckpointError, EngineInputError
-
-    from .errors import JobInputError
-
-    if isinstance(exc, (ImagingError, EngineInputError, CheckpointError, JobInputError)):
-        return str(exc)
-    return None
+    return message(exc) if classify(exc).user else None
 
 
 if __name__ == "__main__":

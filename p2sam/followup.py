@@ -49,6 +49,7 @@ class FollowupResult:
     registration: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    prior_on_target: np.ndarray | None = None  # (z, y, x) bool: the prior contour registered onto this follow-up
 
 
 def segment_followup(
@@ -72,7 +73,7 @@ def segment_followup(
         raise imaging.ImagingError(
             f"prior is {'an RGB picture' if prior.is_rgb else 'a grey-level image'} but follow-up {target.source or 'target'} "
             f"is {'an RGB picture' if target.is_rgb else 'a grey-level image'}: they must be the same kind of image")
-    slices, correspondence, registration = _plan(prior, prior_mask, target, margin, warnings)
+    slices, correspondence, registration, prior_on_target = _plan(prior, prior_mask, target, margin, warnings)
     timings = {"registration": time.perf_counter() - t0}
 
     nz = target.shape[0]
@@ -114,24 +115,27 @@ def segment_followup(
         warnings.append("structure not found on this follow-up")
     timings["total"] = time.perf_counter() - t0
     return FollowupResult(mask=mask, probability=probability, samples=samples, slices=results,
-                          registration=registration, warnings=warnings, timings=timings)
+                          registration=registration, warnings=warnings, timings=timings, prior_on_target=prior_on_target)
 
 
 def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, warnings: list[str]):
     """Slices to segment (registered structure +- margin) and the prior slice for each."""
     if prior.is_2d() and target.is_2d():
-        return {"all": [0], "expected": [0]}, [0], {"method": "single_slice"}
+        same_size = prior_mask.shape == target.shape
+        return {"all": [0], "expected": [0]}, [0], {"method": "single_slice"}, (prior_mask if same_size else None)
     reg = imaging.register_rigid(prior, target)
     summary = reg.summary()
     if reg.quality.label == "poor":
-        warnings.append(f"registration quality is poor (NCC {reg.quality.ncc_after}); check the follow-up slices")
-    expected = reg.target_slices(prior_mask)
+        ncc = reg.quality.ncc_after
+        warnings.append(f"registration quality is poor (NCC {ncc:.2f}, good is 0.90 or more); check the follow-up slices")
+    mapped = reg.map_mask(prior_mask)
+    expected = [int(k) for k in np.flatnonzero(mapped.reshape(mapped.shape[0], -1).any(axis=1))]
     if not expected:
         warnings.append("the prior structure maps outside this follow-up volume after registration")
-        return {"all": [], "expected": []}, [], summary
+        return {"all": [], "expected": []}, [], summary, mapped
     lo, hi = max(0, min(expected) - margin), min(target.shape[0] - 1, max(expected) + margin)
     correspondence = reg.slice_correspondence(prior_mask)
-    return {"all": list(range(lo, hi + 1)), "expected": expected}, correspondence, summary
+    return {"all": list(range(lo, hi + 1)), "expected": expected}, correspondence, summary, mapped
 
 
 def mean_pairwise_dice(masks: np.ndarray) -> float:

@@ -19,8 +19,9 @@ import imaging
 from imaging import Volume
 
 from .followup import FollowupResult
-from .preview import binary_entropy, save_preview
+from .preview import CONTOUR, binary_entropy, save_preview
 from .qc import QcThresholds, target_qc
+from .review_sheet import write_review_sheet
 
 RESULT_FILE = "result.json"
 
@@ -60,11 +61,9 @@ def write_target(
     dicom_ok = target.dicom is not None and target.dicom.headers is not None
     if "rtstruct" in outputs:
         if dicom_ok:
-            imaging.write_rtstruct(result.mask, target, tmp / "rtstruct.dcm", roi_name, (255, 0, 0),
+            imaging.write_rtstruct(result.mask, target, tmp / "rtstruct.dcm", roi_name, CONTOUR,  # the preview's green
                                    algorithm_name="P2SAM", algorithm_version=version, min_island_area_mm2=min_island_mm2)
             files["rtstruct"] = "rtstruct.dcm"
-        else:
-            notes.append("rtstruct not written: the follow-up is not a DICOM series")
     if "seg" in outputs:
         if dicom_ok:
             imaging.write_seg(result.mask, target, tmp / "seg.dcm", segment_label=roi_name, algorithm_name="P2SAM", algorithm_version=version)
@@ -72,8 +71,6 @@ def write_target(
                               algorithm_name="P2SAM", algorithm_version=version, series_description="P2SAM probability", series_number=903)
             files["seg"] = "seg.dcm"
             files["probability_seg"] = "probability_seg.dcm"
-        else:
-            notes.append("seg not written: the follow-up is not a DICOM series")
     if "nifti" in outputs:
         imaging.write_nifti(result.mask, target, tmp / "mask.nii.gz")
         imaging.write_nifti(result.probability, target, tmp / "probability.nii.gz")
@@ -85,17 +82,25 @@ def write_target(
     if "samples" in outputs and result.samples is not None:
         imaging.write_nifti(result.samples, target, tmp / "samples.nii.gz")
         files["samples"] = "samples.nii.gz"
+    if not dicom_ok and ({"rtstruct", "seg"} & outputs):
+        notes.append("this follow-up is not a DICOM series, so it gets masks (NIfTI"
+                     + (", PNG" if target.is_2d() else "") + "), the preview, the review sheet and result.json; "
+                     "RTSTRUCT and SEG are written for DICOM series")
     qc = target_qc(result, target, qc_thresholds)
     if "preview" in outputs:
         _preview(tmp / "preview.png", target, result, window, name)
         files["preview"] = "preview.png"
+        prior_info = provenance.get("prior", {})
+        files.update(write_review_sheet(tmp, name, target, result, qc, prior_info, window, roi_name,
+                                        model=provenance.get("model", {}).get("name", "")))
     summary = {
         "target": name,
         "found": bool(result.mask.any()),
         "qc": qc,
         "registration": result.registration,
         "slices": [_slice_summary(s) for s in result.slices],
-        "warnings": result.warnings + notes,
+        "warnings": result.warnings,
+        "notes": notes,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "files": files,
         **provenance,
@@ -124,7 +129,9 @@ def _preview(path: Path, target: Volume, result: FollowupResult, window, name: s
     seg = next((s.segmentation for s in result.slices if s.z == z), None)
     best = seg.best if seg is not None else None
     picture = imaging.to_model_input(target, z, window)
-    title = f"{name}  slice {z}  " + (f"parts {best.n_pos}+{best.n_neg}" if best else "not found")
+    # plain words (the caption is read by clinicians): prompt points inside (dots) / outside (crosses)
+    what = "not found" if best is None else f"prompts: {best.n_pos} inside, {best.n_neg} outside"
+    title = f"{name}  slice {z}  {what}"
     save_preview(path, picture, result.mask[z], result.probability[z],
                  best.points if best else None, best.labels if best else None, title=title)
 

@@ -82,15 +82,22 @@ def run_job(
 
     report("reading", 0.0, "reading the prior")
     prior = imaging.read_image(spec.prior_image)
-    prior_mask = imaging.read_mask(spec.prior_mask, prior, _roi_arg(spec.roi))
+    detail = imaging.read_mask_detail(spec.prior_mask, prior, _roi_arg(spec.roi))
+    prior_mask = detail.mask
     if not prior_mask.any():
         raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
-    roi_name = spec.roi_name_out or (spec.roi if spec.roi and not spec.roi.isdigit() else "GTV")
+    job_warnings = roi_warnings(spec.roi, detail.name)
+    named = spec.roi is not None and not isinstance(_roi_arg(spec.roi), int)
+    loose = named and spec.roi.strip().lower() == detail.name.strip().lower()
+    roi_name = spec.roi_name_out or ((detail.name if loose else spec.roi) if named else "GTV")
+    # Everything a user can get wrong is checked before the model is loaded or any target is
+    # segmented: a bad second target path must not cost the first target's segmentation time.
+    window = window_arg(spec.window or settings.window)
+    check_targets(spec, prior)
 
     report("loading", 0.02, "loading the model")
     model_name = pool.resolve(spec.model, prior.is_rgb)
     loaded, engine = pool.get(model_name)
-    window = window_arg(spec.window or settings.window)
     n_samples = settings.n_samples if spec.n_samples is None else spec.n_samples
     sampler = sampler_config(loaded.card, spec.sampler, n_samples)
     qc_thresholds = thresholds_from_card(loaded.card, sampler.kind)
@@ -100,7 +107,7 @@ def run_job(
         "method": spec.method,
         "engine": _config_dict(engine.config),
         "sampler": {"kind": sampler.kind, "k": sampler.k},
-        "prior": {"digest": _digest(prior.array, prior_mask), "roi": roi_name},
+        "prior": {"digest": _digest(prior.array, prior_mask), "roi": roi_name, **_size(prior, prior_mask)},
     }
 
     if on_model is not None:
@@ -128,6 +135,7 @@ def run_job(
             progress=lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
             is_cancelled=is_cancelled,
         )
+        result.warnings[:0] = job_warnings
         report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
         targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2, qc_thresholds))
     report("done", 1.0, "finished")
@@ -138,6 +146,43 @@ def run_job(
     }
 
 
+def roi_warnings(requested: str | None, matched: str) -> list[str]:
+    """A warning when the ROI was found by a case-insensitive (or space-trimmed) name match."""
+    if requested is None or requested.isdigit() or requested == matched:
+        return []
+    if requested.strip().lower() != matched.strip().lower():  # e.g. a PNG or NIfTI mask: no names
+        return []
+    return [(f"ROI '{requested}' matched the prior's ROI '{matched}' (names compared ignoring case); "
+             f"the output ROI is named '{matched}'")]
+
+
+def check_targets(spec: JobSpec, prior: imaging.Volume) -> None:
+    """Every target path exists and is a kind of image we read (pictures: also the same kind of
+    picture, RGB or grey, as the prior); raises ImagingError naming the target otherwise."""
+    from imaging.sources import kind_of_file
+
+    n = len(spec.targets)
+    for i, t in enumerate(spec.targets):
+        label = f"target {i + 1}/{n} ({t.path})"
+        p = Path(t.path)
+        if not p.exists():
+            raise imaging.ImagingError(f"{label}: no such file or folder")
+        if p.is_dir():
+            if not any(f.is_file() for f in p.rglob("*")):
+                raise imaging.ImagingError(f"{label}: the folder holds no files")
+            continue
+        kind = kind_of_file(p)
+        if kind == "unknown":
+            raise imaging.UnsupportedFileError(
+                f"{label}: not a DICOM series/file, zip of DICOM files, NIfTI (.nii/.nii.gz), PNG or JPEG")
+        if kind in ("png", "jpeg"):
+            picture = imaging.read_image(p)
+            if picture.is_rgb != prior.is_rgb:
+                raise imaging.ImagingError(
+                    f"{label}: is {'an RGB picture' if picture.is_rgb else 'a grey-level image'} but the prior is "
+                    f"{'an RGB picture' if prior.is_rgb else 'a grey-level image'}: they must be the same kind of image")
+
+
 def _digest(image: np.ndarray, mask: np.ndarray) -> str:
     """Short content digest of the prior (identifies it in reports without naming the patient)."""
     import hashlib
@@ -145,8 +190,15 @@ def _digest(image: np.ndarray, mask: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes() + np.packbits(mask).tobytes()).hexdigest()[:16]
 
 
+def _size(volume: imaging.Volume, mask: np.ndarray) -> dict[str, float]:
+    """The prior contour's volume (mL), or for a picture / single slice its area (mm^2)."""
+    if volume.is_2d():
+        return {"area_mm2": round(float(mask.sum() * volume.voxel_area_mm2()), 3)}
+    return {"volume_ml": round(float(mask.sum() * np.prod(volume.spacing) / 1000.0), 4)}
+
+
 def _roi_arg(roi: str | None) -> str | int | None:
-    return int(roi) if roi is not None and roi.isdigit() else roi
+    return int(roi) if roi is not None and roi.isascii() and roi.isdigit() else roi  # not "²": int() refuses it
 
 
 def _config_dict(cfg) -> dict[str, Any]:
@@ -160,10 +212,12 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         "target": summary["target"],
         "found": summary.get("found"),
         "volume_ml": qc.get("volume_ml"),
+        "area_mm2": qc.get("area_mm2"),
         "review": qc.get("review"),
         "flagged_slices": [f["z"] for f in qc.get("flagged_slices", [])],
         "files": summary.get("files", {}),
         "warnings": summary.get("warnings", []),
+        "notes": summary.get("notes", []),
     }
 
 

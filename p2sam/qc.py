@@ -60,6 +60,8 @@ def target_qc(result: FollowupResult, target: Volume, thresholds: QcThresholds |
         "area_mm2_per_slice": {int(z): float(result.mask[z].sum() * area_mm2) for z in np.flatnonzero(result.mask.any(axis=(1, 2)))},
         "slices_segmented": [s.z for s in result.slices],
     }
+    if target.is_2d():  # a picture or a single slice: an area, not a volume (volume_ml counts 1 mm thickness)
+        qc["area_mm2"] = float(result.mask.sum() * area_mm2)
     region = result.mask.copy()
     if result.samples is not None and len(result.samples):
         region |= result.samples.any(axis=0)

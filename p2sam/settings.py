@@ -6,6 +6,7 @@ is generated from this class (a test keeps it in sync).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,11 +15,22 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    """A per-user folder, the same whatever the current folder: $XDG_DATA_HOME/p2sam, else
+    ~/.local/share/p2sam (so `p2sam apikey list` run anywhere sees the keys `p2sam serve` uses)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "p2sam"
+
+
+# How the docs show defaults that depend on the user (docs/settings.md must not name one machine's home).
+SHOWN_DEFAULTS = {"data_dir": "`$XDG_DATA_HOME/p2sam`, else `~/.local/share/p2sam`"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="P2SAM_", extra="ignore")
 
     # --- where things live
-    data_dir: Path = Field(Path(".p2sam-data"), description="Job store, uploads and results (a shared volume when workers run elsewhere).")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Job store, uploads and results (a shared volume when workers run elsewhere).")
     models_dir: Path | None = Field(None, description="Extra weights files (*.pt) offered besides the bundled ones; the file stem is the model name.")
 
     # --- execution
@@ -34,6 +46,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(7200, description="Redis visibility timeout: a job unacknowledged this long is redelivered (must exceed the hard limit).")
     lease_timeout_s: int = Field(120, ge=5, description="A running job whose worker sent no heartbeat for this long (or whose worker process on the same host is gone) is re-queued.")
     job_max_attempts: int = Field(3, ge=1, le=20, description="A job is started at most this many times (its worker dying each time, e.g. killed by the hard time limit or out of memory); then it fails.")
+    worker_start_timeout_s: float = Field(300.0, gt=0, description="How long a Celery pool process may take to start, model preload included, before it is restarted (Celery's worker_proc_alive_timeout; its 4 s default is shorter than a model preload on a busy machine).")
     maintenance_interval_s: float = Field(10.0, gt=0, description="How often the API re-enqueues jobs whose broker message may be lost, recovers jobs of vanished workers and applies retention.")
 
     # --- segmentation defaults
@@ -47,6 +60,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `p2sam serve` listens on.")
     auth: Literal["apikey", "none"] = Field("apikey", description="apikey: every request needs an API key (X-API-Key or Bearer); none: no auth (local use only).")
     max_upload_mb: int = Field(512, ge=1, description="Largest accepted upload (MB); larger requests get 413.")
+    request_body_timeout_s: float = Field(30.0, gt=0, description="A request body that sends nothing for this long, or arrives slower than 1 KiB/s on average after it, is cut off with 408 (slow clients; the TLS proxy guards headers: deploy/README.md).")
+    max_connections: int = Field(200, ge=1, description="Concurrent connections `p2sam serve` accepts; beyond, new requests get 503 (uvicorn's limit_concurrency).")
     retention_hours: float = Field(72.0, ge=0, description="Inputs and results of finished jobs are purged after this many hours (0: never).")
     log_level: str = Field("INFO", description="Logging level. Logs never contain patient identifiers.")
 
@@ -88,6 +103,6 @@ def settings_markdown() -> str:
     ]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "(unset)" if default is None else f"`{default}`"
+        shown = SHOWN_DEFAULTS.get(name) or ("(unset)" if default is None else f"`{default}`")
         lines.append(f"| `P2SAM_{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines) + "\n"

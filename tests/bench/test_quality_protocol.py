@@ -57,6 +57,19 @@ def test_prior_is_the_third_frame_and_only_frames_4_on_are_scored(fake_cvc):
     assert all(o >= p - 1e-9 for o, p in zip(res["dice"]["oracle"], res["dice"]["p2sam"]))
 
 
+def test_frame_step_scores_every_kth_frame_from_the_fourth(fake_cvc):
+    root, weights = fake_cvc
+    from models import load_model
+
+    engine = P2SAMEngine(load_model(weights).sam, P2SAMConfig(pos_range=(1, 1), neg_range=(1, 1)))
+    frames = quality.sequence_frames(root / "seqA") + quality.sequence_frames(root / "seqB")  # 9 frames
+    full = quality.evaluate_sequence(engine, frames)
+    step = quality.evaluate_sequence(engine, frames, frame_step=2)
+    assert full["frames"] == [11, 12, 101, 102, 103, 104] and step["frames"] == [11, 101, 103]
+    for name in quality.method_names():  # the same prior, so the same Dice on the frames both score
+        assert step["dice"][name] == pytest.approx([full["dice"][name][i] for i in (0, 2, 4)], abs=1e-6)
+
+
 def test_mean_per_sequence_then_over_sequences():
     def seq(values, frames):
         return {"frames": list(range(frames)), "dice": {m: list(values) for m in quality.method_names()}}
@@ -81,6 +94,22 @@ def test_cli_prints_the_table_and_writes_json(fake_cvc, tmp_path, capsys):
     assert set(data["per_sequence"]) == {"seqA", "seqB"}  # "short" has nothing to score
     assert float(lines[-1].split()[1]) == pytest.approx(data["p2sam_retrieval"], abs=1e-4)
     assert 0.0 <= data["p2sam_regraf"] <= 1.0 and data["seconds_per_target"]["regraf"] > 0
+
+
+def test_runs_on_disjoint_sequences_merge_into_the_whole_run(fake_cvc, tmp_path, capsys):
+    root, weights = fake_cvc
+    common = ["--data", str(root), "--weights", str(weights), "--set", "pos_range=(1,2)", "neg_range=(1,1)", "--threads", "1"]
+    for name in ("all", "seqA", "seqB"):
+        argv = common + ["--json", str(tmp_path / f"{name}.json")] + ([] if name == "all" else ["--sequences", name])
+        assert quality.main(argv) == 0
+    capsys.readouterr()
+    assert quality.main(["--data", str(root), "--merge", str(tmp_path / "seqA.json"), str(tmp_path / "seqB.json"),
+                         "--json", str(tmp_path / "merged.json")]) == 0
+    merged, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("merged", "all"))
+    for key in ("direct", "persam", "prior_box", "p2sam_retrieval"):
+        assert merged[key] == pytest.approx(whole[key])
+    assert merged["chosen"] == whole["chosen"] and capsys.readouterr().out.strip().splitlines()[-1].startswith("p2sam_dice ")
+    assert quality.main(["--data", str(root), "--merge", str(tmp_path / "seqA.json"), str(tmp_path / "all.json")]) == 2
 
 
 def test_missing_data_skips_with_a_message(tmp_path, capsys):

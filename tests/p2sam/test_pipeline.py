@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -113,8 +115,16 @@ def test_cli_segments_pictures(picture_case, model_dir, tmp_path):
     assert {"mask.png", "mask.nii.gz", "probability.nii.gz", "preview.png", "result.json"} <= files
     assert "rtstruct.dcm" not in files
     result = json.loads((out / "frame1" / "result.json").read_text())
-    assert any("not a DICOM series" in w for w in result["warnings"])
-    assert "frame1" in proc.stdout
+    # which outputs a picture gets is said once, as a note, not as warnings per missing file
+    assert not any("not written" in w or "DICOM" in w for w in result["warnings"]), result["warnings"]
+    assert len(result["notes"]) == 1 and "RTSTRUCT and SEG are written for DICOM series" in result["notes"][0]
+    assert proc.stdout.count("note: ") == 1 and "warning: " not in proc.stdout, proc.stdout
+    # 2-D: an area in mm², not a volume in mL
+    assert result["qc"]["area_mm2"] > 0 and re.search(r"frame1\s+True\s+\d+ mm²", proc.stdout), proc.stdout
+    assert " mL" not in proc.stdout
+    # the closing line names every file written
+    closing = proc.stdout.strip().splitlines()[-1]
+    assert closing.startswith("results: ") and all(name in closing for name in files), (closing, files)
 
 
 def test_cli_unknown_roi_is_one_clear_line(example_case, model_dir, tmp_path):
@@ -135,3 +145,87 @@ def test_cli_unknown_model(example_case, tmp_path):
 
 def test_settings_doc_is_in_sync():
     assert (REPO / "docs" / "settings.md").read_text() == settings_markdown(), "regenerate: p2sam config --markdown > docs/settings.md"
+
+
+def test_cli_checks_every_target_before_any_model_work(example_case, tmp_path):
+    """A wrong path in the second --target fails at once: nothing segmented, no model loaded."""
+    t0 = time.perf_counter()
+    proc = _cli("segment", "--prior", example_case["prior"], "--prior-mask", example_case["prior_rtstruct"], "--roi", "GTV",
+                "--target", example_case["followup1"], "--target", str(tmp_path / "no-such-visit"),
+                "--out", str(tmp_path / "o"), "--model", "nosuchmodel", "-q")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "target 2/2" in proc.stderr and "no-such-visit" in proc.stderr and "no such file or folder" in proc.stderr
+    assert "unknown model" not in proc.stderr  # the targets are checked before the model is even looked up
+    assert not (tmp_path / "o" / "followup1").exists()
+    assert time.perf_counter() - t0 < 60
+
+
+def test_cli_target_of_another_kind_fails_before_model_work(picture_case, example_case, tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "grey.png"
+    Image.new("L", (160, 120)).save(grey)
+    proc = _cli("segment", "--prior", picture_case["frame0"], "--prior-mask", picture_case["mask0"],
+                "--target", picture_case["frame1"], "--target", str(grey), "--out", str(tmp_path / "o"),
+                "--model", "nosuchmodel", "-q")
+    assert proc.returncode == 2 and "target 2/2" in proc.stderr and "grey-level" in proc.stderr, proc.stderr
+
+
+def test_case_insensitive_roi_match_is_a_warning(example_case, settings, pool, tmp_path):
+    spec = JobSpec(prior_image=example_case["prior"], prior_mask=example_case["prior_rtstruct"], roi="gtv",
+                   targets=[TargetSpec(path=example_case["followup1"])], model="testmodel", n_samples=0,
+                   outputs=["rtstruct"])
+    summary = run_job(spec, tmp_path, pool=pool, settings=settings)
+    warnings = summary["targets"][0]["warnings"]
+    assert any("ROI 'gtv' matched the prior's ROI 'GTV'" in w for w in warnings), warnings
+    ds = pydicom.dcmread(tmp_path / "followup1" / "rtstruct.dcm")
+    assert ds.StructureSetROISequence[0].ROIName == "GTV"  # the prior's own name, not the user's spelling
+
+
+def test_exact_roi_name_gives_no_warning(job):
+    _, summary, _ = job
+    assert not any("ROI" in w for t in summary["targets"] for w in t["warnings"])
+
+
+def test_rtstruct_colour_is_the_preview_contour_colour(job):
+    from p2sam.preview import CONTOUR
+
+    out, _, _ = job
+    ds = pydicom.dcmread(out / "followup1" / "rtstruct.dcm")
+    assert [int(v) for v in ds.ROIContourSequence[0].ROIDisplayColor] == list(CONTOUR)
+
+
+def test_review_sheet_is_written_with_the_prior_volume(job):
+    from PIL import Image
+
+    out, _, _ = job
+    result = json.loads((out / "followup1" / "result.json").read_text())
+    assert result["files"]["review_sheet"] == "review_sheet.png" and result["files"]["review_sheet_pdf"] == "review_sheet.pdf"
+    with Image.open(out / "followup1" / "review_sheet.png") as im:
+        assert im.size == (1754, 1240)  # A4 landscape at 150 dpi
+    assert (out / "followup1" / "review_sheet.pdf").read_bytes()[:5] == b"%PDF-"
+    assert result["prior"]["volume_ml"] > 0
+
+
+def test_cli_models_says_what_it_does_first_and_lists_no_latent_heads():
+    proc = _cli("models")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("reading the model files")
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(" ")]
+    assert {"kvasir", "ct_phantom"} <= set(names) and not any(n.endswith("_latent") for n in names), proc.stdout
+
+
+def test_data_dir_defaults_to_one_per_user_folder_whatever_the_current_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("P2SAM_DATA_DIR", "XDG_DATA_HOME")}
+    env.update({"HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run = {"capture_output": True, "text": True, "env": env, "timeout": 120}
+    made = subprocess.run([sys.executable, "-m", "p2sam.cli", "apikey", "create", "--name", "newcomer", "--scope", "read"],
+                          cwd=tmp_path / "a", **run)
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([sys.executable, "-m", "p2sam.cli", "apikey", "list"], cwd=tmp_path / "b", **run)
+    assert "newcomer" in listed.stdout, listed.stdout + listed.stderr
+    assert (tmp_path / "home" / ".local" / "share" / "p2sam" / "apikeys.json").is_file()
+    assert not (tmp_path / "a" / ".p2sam-data").exists()
+

@@ -89,8 +89,8 @@ def test_the_review_page_is_served_without_a_key(stack):
 
 
 def test_a_clinician_rejects_a_target_in_the_browser(stack, finished_job, tmp_path):
-    """Chromium: log in with a key, open the finished job, see its preview (loaded, naturalWidth > 0),
-    reject the target with a comment; the API then reports it rejected with that comment."""
+    """Chromium: log in with a key, open the finished job, see its preview and its review sheet
+    (loaded, naturalWidth > 0), reject the target with a comment; the API then reports it rejected with that comment."""
     job_id = finished_job["id"]
     comment = "contour leaks into the oesophagus on the lower slices"
     with Chromium.start(tmp_path) as browser:
@@ -103,6 +103,9 @@ def test_a_clinician_rejects_a_target_in_the_browser(stack, finished_job, tmp_pa
         width = browser.wait_for(f"(() => {{ const img = {card}?.querySelector('img'); "
                                  "return img && img.complete && img.naturalWidth; })()")
         assert width > 0
+        sheet = browser.wait_for(f"(() => {{ const img = {card}?.querySelector('img.sheet'); "
+                                 "return img && img.complete && img.naturalWidth; })()")
+        assert sheet == 1754  # the one-page review sheet, shown under the card
         browser.eval(f"{card}.querySelector('textarea').value = {json.dumps(comment)}")
         browser.eval(f"{card}.querySelector('button.reject').click()")
         shown = browser.wait_for(f"(() => {{ const d = {card}.querySelector('.decision.rejected'); "
