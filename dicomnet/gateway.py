@@ -25,7 +25,7 @@ import pydicom
 from p2sam.jobstore import SUCCEEDED, JobStore, process_owner
 
 from .outbox import DELIVERED, FAILED, REFUSED, SENT_KINDS, Outbox, public
-from .peers import Peer, PeerError, peers_of
+from .peers import Peer, PeerError, default_destinations, peers_of
 from .send import REFUSED as OUT_REFUSED
 from .send import TRANSIENT, Outcome, send_file
 
@@ -72,15 +72,22 @@ class Gateway:
 
     def sweep_jobs(self) -> list[str]:
         """Enqueue the deliveries of succeeded jobs that ask for some; returns those job ids."""
+        from p2sam.batchstore import is_patient_task
+
         done = []
+        defaults = default_destinations(self.settings)
         for r in self.store.by_state(SUCCEEDED):
-            d = r.get("dicom") or {}
+            d = r.get("dicom")
+            if d is None:  # a job that named no destinations: P2SAM_DICOM_DESTINATIONS, if it finished since
+                if not defaults or is_patient_task(r) or (r.get("finished_at") or 0) < self.outbox.since:
+                    continue
+                d = {"destinations": defaults}
             if not d.get("destinations") or d.get("enqueued") or r.get("purged_at"):
                 continue
             self.enqueue_job(r, d["destinations"])
 
-            def mark(rec: dict) -> None:
-                rec.setdefault("dicom", {})["enqueued"] = time.time()
+            def mark(rec: dict, d=d) -> None:
+                rec["dicom"] = {**d, "enqueued": time.time()}
 
             self.store.update(r["id"], mark)
             self.mirror(r["id"])

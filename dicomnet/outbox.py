@@ -50,6 +50,10 @@ class Outbox:
     def __init__(self, data_dir: str | Path) -> None:
         self.root = Path(data_dir).resolve() / "outbox"
         self.root.mkdir(parents=True, exist_ok=True)
+        since = self.root / ".since"
+        if not since.exists():  # jobs finished before the outbox existed are not sent by default
+            since.write_text(f"{time.time()}\n")
+        self.since = float(since.read_text().strip() or 0)
 
     # --- paths and locking
     def _job_dir(self, job_id: str) -> Path:

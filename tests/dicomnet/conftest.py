@@ -72,8 +72,10 @@ def finished_job(store: JobStore, artifacts: Path, target: str = "followup1", de
     files = {"rtstruct": "rtstruct.dcm", "seg": "seg.dcm", "probability_seg": "probability_seg.dcm"}
     (out / "result.json").write_text(json.dumps({"target": target, "files": files}))
     summary = {"targets": [{"target": target, "found": True, "files": files}]}
-    store.create({"id": job_id, "targets": [target], "model": {"requested": "auto"}, "spec": {}, "uploads": [],
-                  "dicom": {"destinations": destinations or []}})
+    record = {"id": job_id, "targets": [target], "model": {"requested": "auto"}, "spec": {}, "uploads": []}
+    if destinations is not None:  # None: the job named none (P2SAM_DICOM_DESTINATIONS applies)
+        record["dicom"] = {"destinations": destinations}
+    store.create(record)
     store.transition(job_id, RUNNING, {"queued"}, reason="test")
     store.transition(job_id, SUCCEEDED, {RUNNING}, reason="test", results=artifact_manifest(store.results_dir(job_id), summary))
     return store.get(job_id)

@@ -18,7 +18,6 @@ import pytest
 from bench.stack import free_port
 from dicomnet.listener import Listener, received_upload
 from dicomnet.peers import PeerError
-from p2sam.jobstore import JobStore
 from p2sam.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)

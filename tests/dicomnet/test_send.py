@@ -75,6 +75,18 @@ def test_cstore_sends_rtstruct_and_segs_once(tmp_path, orthanc, example, artifac
     assert actions.count("delivery.delivered") == 3
 
 
+def test_server_default_destinations_apply_to_jobs_naming_none(tmp_path, orthanc, artifacts):
+    s = settings_for(tmp_path / "data", {"pacs": {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}},
+                     dicom_destinations="pacs")
+    store = JobStore(s.data_dir)
+    gw = Gateway(s, store)
+    job = finished_job(store, artifacts)
+    named_none = finished_job(store, artifacts, destinations=[])
+    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
+    assert orthanc.count() == 3 and gw.outbox.for_job(named_none["id"]) == []
+    assert store.get(job["id"])["dicom"]["destinations"] == ["pacs"]
+
+
 def test_stow_rs_sends_rtstruct_and_segs(tmp_path, orthanc, example, artifacts):
     if not orthanc.has_dicomweb:
         pytest.skip("the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
