@@ -35,6 +35,7 @@ COPY p2sam ./p2sam
 COPY service ./service
 COPY worker ./worker
 COPY bench ./bench
+COPY dicomnet ./dicomnet
 # Bundled weights (models/weights/*.pt) are baked in as package data; more can be mounted at
 # P2SAM_MODELS_DIR (e.g. /models) without rebuilding.
 RUN pip install --no-cache-dir . \

@@ -149,6 +149,8 @@ LAZY_COMMANDS = {
     "worker": ("worker.cli", "run a Celery worker (one per GPU)"),
     "batch": ("p2sam.batch_cli", "run, resume or submit a longitudinal batch from a manifest"),
     "apikey": ("service.cli", "create, list or revoke API keys"),
+    "dicom-listener": ("dicomnet.cli", "receive studies over DICOM (C-STORE SCP) and send job results to PACS"),
+    "dicom-send": ("dicomnet.cli", "send job results to their DICOM destinations (the outbox), without listening"),
 }
 
 

@@ -65,6 +65,25 @@ class Settings(BaseSettings):
     retention_hours: float = Field(72.0, ge=0, description="Inputs and results of finished jobs are purged after this many hours (0: never).")
     log_level: str = Field("INFO", description="Logging level. Logs never contain patient identifiers.")
 
+    # --- DICOM networking (dicomnet/: deploy/README-dicom.md)
+    dicom_ae_title: str = Field("P2SAM", min_length=1, max_length=16, description="Our AE title: called AE of `p2sam dicom-listener`, calling AE when we send (C-STORE).")
+    dicom_listen_host: str = Field("127.0.0.1", description="Address `p2sam dicom-listener` listens on (0.0.0.0 in a container).")
+    dicom_port: int = Field(11112, ge=1, le=65535, description="Port `p2sam dicom-listener` listens on (C-STORE SCP).")
+    dicom_peers: str | None = Field(None, description="DICOM peers as JSON (or @/path/to/peers.json): {name: {ae_title, host, port[, tls]} | {url[, username, password | token]}}; C-STORE peers, DICOMweb peers.")
+    dicom_allowed_aes: str = Field("", description="Comma list of calling AE titles the listener accepts, besides the peers' AE titles (`*`: any; the default allows only peers).")
+    dicom_destinations: str = Field("", description="Comma list of peer names every job's RTSTRUCT and SEGs are sent to when the job names none.")
+    dicom_pull_source: str | None = Field(None, description="Peer (DICOMweb url) that jobs referring to study/series UIDs pull their images from (QIDO-RS + WADO-RS).")
+    dicom_quiet_period_s: float = Field(10.0, gt=0, description="A received series is complete (and becomes an upload) once no instance of it arrived for this long.")
+    dicom_upload_owner: str = Field("dicom-listener", description="Owner of uploads the listener creates: an API key id (`p2sam apikey list`) whose jobs may use them (admin keys always may).")
+    dicom_timeout_s: float = Field(30.0, gt=0, description="Network, association and DIMSE/HTTP timeout for one delivery or pull.")
+    dicom_retry_base_s: float = Field(5.0, gt=0, description="First retry of a failed delivery after this long; doubles per attempt.")
+    dicom_retry_max_s: float = Field(600.0, gt=0, description="Longest wait between two attempts of a delivery.")
+    dicom_max_attempts: int = Field(12, ge=1, le=1000, description="A delivery whose destination stays unreachable is given up (state failed) after this many attempts.")
+    dicom_send_interval_s: float = Field(2.0, gt=0, description="How often the gateway looks for finished jobs and due deliveries.")
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate of our AE: the listener serves DICOM TLS with it; sent to peers marked tls.")
+    dicom_tls_key: Path | None = Field(None, description="PEM private key for P2SAM_DICOM_TLS_CERT.")
+    dicom_tls_ca: Path | None = Field(None, description="PEM CA bundle: peers' certificates are checked against it (listener: client certificates are then required).")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
