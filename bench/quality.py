@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="only P²SAM with retrieval, pruned (--prune-k) vs the reference (every candidate fully cascaded)")
     parser.add_argument("--prune-k", type=int, default=3, help="with --compare-reference: candidates refined after cascade step (a)")
     parser.add_argument("--every", type=int, default=1, help="with --compare-reference: score every N-th frame only (a loaded machine)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="print the table of runs made on disjoint --sequences (their --json files) as one run")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs(args.merge, args.json)
     root = Path(args.data)
     sequences = find_sequences(root) if root.is_dir() else {}
     if args.sequences:
@@ -314,9 +318,50 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {len(frames)} frames, P²SAM {np.mean(per_sequence[name]['dice']['p2sam']):.3f}")
     summary = summarize(per_sequence)
     summary["weights"], summary["config"] = model, {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    summary["chosen"] = {f"{k[0]},{k[1]}": v for k, v in chosen.items()}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print_table(summary, model, chosen)
+    print(f"p2sam_dice {summary['p2sam_retrieval']:.4f}")
+    return 0
+
+
+def merge_runs(paths: list[str], out: str | None) -> int:
+    """One table from runs on disjoint sequence subsets (same weights and settings)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({(r["weights"], json.dumps(r["config"], sort_keys=True)) for r in runs}) != 1:
+        print("cannot merge: the runs used different weights or engine settings", file=sys.stderr)
+        return 2
+    per_sequence = {name: entry for r in runs for name, entry in r["per_sequence"].items()}
+    if len(per_sequence) != sum(len(r["per_sequence"]) for r in runs):
+        print("cannot merge: a sequence appears in more than one run", file=sys.stderr)
+        return 2
+    names = [n for n, e in per_sequence.items() if e["frames_scored"]]
+
+    def over(get):
+        return float(np.mean([get(per_sequence[n]) for n in names]))
+
+    summary = {
+        "direct": over(lambda e: e["direct"]), "persam": over(lambda e: e["persam"]),
+        "prior_box": over(lambda e: e["prior_box"]),
+        "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
+        "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
+        "per_sequence": dict(sorted(per_sequence.items())),
+        "weights": runs[0]["weights"], "config": runs[0]["config"],
+    }
+    for extra in ("oracle", "regraf"):
+        if all(extra in per_sequence[n] for n in names):
+            summary["p2sam_regraf" if extra == "regraf" else extra] = over(lambda e, x=extra: e[x])
+    frames = {k: sum(r.get("seconds_per_target", {}).get(k, 0) * sum(e["frames_scored"] for e in r["per_sequence"].values())
+                     for r in runs) for k in ("p2sam",)}
+    summary["seconds_per_target"] = {k: v / max(1, sum(per_sequence[n]["frames_scored"] for n in names)) for k, v in frames.items()}
+    chosen: Counter = Counter()
+    for r in runs:
+        chosen.update({tuple(int(x) for x in k.split(",")): v for k, v in r.get("chosen", {}).items()})
+    summary["chosen"] = {f"{k[0]},{k[1]}": v for k, v in chosen.items()}
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=1))
+    print_table(summary, summary["weights"], chosen)
     print(f"p2sam_dice {summary['p2sam_retrieval']:.4f}")
     return 0
 

@@ -83,6 +83,22 @@ def test_cli_prints_the_table_and_writes_json(fake_cvc, tmp_path, capsys):
     assert 0.0 <= data["p2sam_regraf"] <= 1.0 and data["seconds_per_target"]["regraf"] > 0
 
 
+def test_runs_on_disjoint_sequences_merge_into_the_whole_run(fake_cvc, tmp_path, capsys):
+    root, weights = fake_cvc
+    common = ["--data", str(root), "--weights", str(weights), "--set", "pos_range=(1,2)", "neg_range=(1,1)", "--threads", "1"]
+    for name in ("all", "seqA", "seqB"):
+        argv = common + ["--json", str(tmp_path / f"{name}.json")] + ([] if name == "all" else ["--sequences", name])
+        assert quality.main(argv) == 0
+    capsys.readouterr()
+    assert quality.main(["--data", str(root), "--merge", str(tmp_path / "seqA.json"), str(tmp_path / "seqB.json"),
+                         "--json", str(tmp_path / "merged.json")]) == 0
+    merged, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("merged", "all"))
+    for key in ("direct", "persam", "prior_box", "p2sam_retrieval"):
+        assert merged[key] == pytest.approx(whole[key])
+    assert merged["chosen"] == whole["chosen"] and capsys.readouterr().out.strip().splitlines()[-1].startswith("p2sam_dice ")
+    assert quality.main(["--data", str(root), "--merge", str(tmp_path / "seqA.json"), str(tmp_path / "all.json")]) == 2
+
+
 def test_missing_data_skips_with_a_message(tmp_path, capsys):
     assert quality.main(["--data", str(tmp_path / "nowhere")]) == 0
     assert "skipped" in capsys.readouterr().out
