@@ -3,6 +3,8 @@
     python -m bench.load --jobs 50 --workers 2            # kills one worker mid-run and restarts it
     python -m bench.load --jobs 50 --workers 2 --no-kill
     python -m bench.load --api http://host:8000 --key KEY --data-dir /shared/p2sam --jobs 20
+    python -m bench.load --jobs 50 --workers 2 --faults   # + pool-process kill -9, Redis restart,
+                                                           #   every POST retried after 30 s
 
 Submits ``--jobs`` small jobs (the synthetic example case, tiny), waits for all of them and
 prints submitted, completed, lost, duplicated, p50/p95 latency (submission -> finished) and
@@ -12,6 +14,11 @@ jobs/min; the LAST line is ``lost <n> duplicated <m>`` (the goal: 0 and 0).
 - duplicated: a job that reached a terminal state more than once, or produced a target's
   outputs more than once (the job store counts both: ``terminal_transitions``, ``writes``),
   or whose result folder does not hold exactly one folder per target.
+
+``--faults`` adds, while the jobs run: kill -9 of a busy worker's *pool process* (the worker
+itself must recover), a Redis restart (SIGKILL, append-only file kept), and a client that
+retries every POST with the same Idempotency-Key ``--retry-after`` seconds later (each must
+return the same job). Every run also prints how many 5xx answers the client saw (goal 0).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key", default=None, help="API key for --api (submit + read)")
     p.add_argument("--data-dir", default=None, help="the API's P2SAM_DATA_DIR (to count duplicates with --api)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    p.add_argument("--faults", action="store_true", help="also kill a pool process, restart Redis, retry every POST")
+    p.add_argument("--retry-after", type=float, default=30.0, help="with --faults: seconds before each POST is retried")
     return p.parse_args(argv)
 
 
@@ -111,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
                 stack.wait_worker(proc, timeout=180)
             key = stack.p2sam("apikey", "create", "--name", "bench-load", "--scope", "submit", "--scope", "read").strip()
             url, data_dir = stack.url, stack.data_dir
-        c = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60)
+        server_errors = []
+        c = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60, event_hooks={"response": [
+            lambda r: server_errors.append(r.request.url.path) if r.status_code >= 500 else None]})
         inputs = _upload(c, case, args.targets)
         body = {"prior": {"upload_id": inputs["prior"], "roi": "GTV"},
                 "targets": [{"upload_id": t, "name": f"visit{i + 1}"} for i, t in enumerate(inputs["targets"])],
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             r = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"bench-{t0:.0f}-{i}"})
             r.raise_for_status()
             ids.append(r.json()["id"])
+        retried: dict[str, int] = {}  # with --faults: job id -> status of its retry
         print(f"submitted {len(ids)} jobs in {time.time() - t0:.1f} s", file=sys.stderr)
         states: dict[str, str] = {}
         deadline = t0 + args.timeout
@@ -132,10 +144,23 @@ def run(args: argparse.Namespace) -> int:
             done = sum(s in ("succeeded", "failed", "cancelled") for s in states.values())
             if stack is not None and not args.no_kill and not killed and done >= args.kill_after * len(ids):
                 killed.append(_kill_busy_worker(stack, data_dir, ids))
-            if done == len(ids):
+            if args.faults and stack is not None:
+                _faults(args, stack, redis, data_dir, ids, done, killed)
+            if args.faults and not retried and time.time() - t0 >= args.retry_after:
+                for i, job_id in enumerate(ids):
+                    r = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"bench-{t0:.0f}-{i}"})
+                    retried[job_id] = r.status_code if r.status_code >= 300 or r.json()["id"] != job_id else 200
+                bad = {k: v for k, v in retried.items() if v != 200}
+                print(f"retried {len(retried)} POSTs after {time.time() - t0:.0f} s: {len(retried) - len(bad)} gave the "
+                      f"same job{f', {len(bad)} did not' if bad else ''}", file=sys.stderr)
+            if done == len(ids) and (not args.faults or retried):
                 break
             time.sleep(0.5)
-        return report(ids, states, data_dir, len(body["targets"]), t0, killed)
+        duplicated_by_retry = sum(v != 200 for v in retried.values())
+        print(f"5xx {len(server_errors)}" + (f" ({', '.join(sorted(set(server_errors)))})" if server_errors else ""))
+        if args.faults:
+            print(f"retries answered with another job or an error {duplicated_by_retry}")
+        return report(ids, states, data_dir, len(body["targets"]), t0, killed, extra_duplicated=duplicated_by_retry)
     finally:
         if stack is not None:
             stack.stop()
@@ -147,6 +172,33 @@ def run(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(root, ignore_errors=True)
+
+
+_FAULTS_DONE: set[str] = set()
+
+
+def _faults(args, stack, redis, data_dir: Path, ids: list[str], done: int, killed: list[str]) -> None:
+    """With --faults: kill -9 a busy pool process at 50 % done, restart Redis at 60 %."""
+    if "pool" not in _FAULTS_DONE and done >= 0.5 * len(ids):
+        for job_id in ids:
+            rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+            if rec["state"] == "running" and rec.get("lease"):
+                import os
+                import signal
+
+                pid = int(rec["lease"]["owner"].split(":")[1])
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                _FAULTS_DONE.add("pool")
+                killed.append(f"pool process {pid}")
+                print(f"killed the pool process {pid} (job {job_id}) with kill -9; its worker must recover", file=sys.stderr)
+                break
+    if "redis" not in _FAULTS_DONE and redis is not None and done >= 0.6 * len(ids):
+        _FAULTS_DONE.add("redis")
+        redis.restart()
+        print("restarted Redis (SIGKILL; append-only file kept)", file=sys.stderr)
 
 
 def _kill_busy_worker(stack, data_dir: Path, ids: list[str]) -> str:
@@ -175,7 +227,7 @@ def _ppid(pid: int) -> int | None:
 
 
 def report(ids: list[str], states: dict[str, str], data_dir: Path | None, n_targets: int, t0: float,
-           killed: list[str]) -> int:
+           killed: list[str], extra_duplicated: int = 0) -> int:
     completed = [i for i in ids if states.get(i) == "succeeded"]
     lost = len(ids) - len(completed)
     latencies, finish_times, duplicated, attempts = [], [], 0, 0
@@ -191,6 +243,7 @@ def report(ids: list[str], states: dict[str, str], data_dir: Path | None, n_targ
                 latencies.append(rec["finished_at"] - rec["created_at"])
                 finish_times.append(rec["finished_at"])
             duplicated += dup
+    duplicated += extra_duplicated  # a retried POST that made a second job
     span = (max(finish_times) - t0) if finish_times else float("nan")
     rows = [("submitted", len(ids)), ("completed", len(completed)), ("lost", lost),
             ("duplicated", duplicated if data_dir is not None else "n/a"),

@@ -154,7 +154,7 @@ class Stack:
                              timeout=60, check=True)
         return out.stdout
 
-    def start_api(self, timeout: float = 60) -> Proc:
+    def start_api(self, timeout: float = 300) -> Proc:  # (imports take minutes on a loaded 2-core host)
         self.api = Proc("api", [sys.executable, "-m", "p2sam.cli", "serve", "--port", str(self.port)], self.env,
                         self.root / "logs")
         deadline = time.time() + timeout
@@ -169,17 +169,18 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not start:\n{self.api.log()[-3000:]}")
 
-    def start_worker(self, timeout: float = 90, wait: bool = True) -> Proc:
+    def start_worker(self, timeout: float = 300, wait: bool = True, env: dict[str, str] | None = None) -> Proc:
+        """A `p2sam worker` (``env``: extra environment variables for it alone)."""
         self._n += 1
         name = f"worker{self._n}"
-        proc = Proc(name, [sys.executable, "-m", "p2sam.cli", "worker", "--hostname", f"{name}@%h"], self.env,
-                    self.root / "logs")
+        proc = Proc(name, [sys.executable, "-m", "p2sam.cli", "worker", "--hostname", f"{name}@%h"],
+                    {**self.env, **(env or {})}, self.root / "logs")
         self.workers.append(proc)
         if wait:
             self.wait_worker(proc, timeout)
         return proc
 
-    def wait_worker(self, proc: Proc, timeout: float = 90) -> None:
+    def wait_worker(self, proc: Proc, timeout: float = 300) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if not proc.alive():

@@ -6,7 +6,7 @@ are DICOM patient coordinates in LPS mm; NIfTI (RAS) is converted explicitly in
 """
 from .dicom_read import SeriesSummary
 from .dicom_write import write_dicom_series
-from .errors import (EmptyRoiError, FrameOfReferenceError, GeometryError, ImagingError, MissingReferenceError,
+from .errors import (EmptyRoiError, FrameOfReferenceError, GeometryError, ImageTooLargeError, ImagingError, MissingReferenceError,
                      RoiNotFoundError, SeriesSelectionError, UnsafeArchiveError, UnsupportedFileError)
 from .mask_common import RoiMask
 from .nifti import read_nifti_array, write_nifti
@@ -26,5 +26,5 @@ __all__ = [
     "write_rtstruct", "write_rtstruct_rois", "write_seg", "write_nifti", "read_nifti_array",
     "write_dicom_series", "write_picture_mask", "mask_to_rings", "rings_to_mask", "DEFAULT_MIN_ISLAND_AREA_MM2",
     "ImagingError", "UnsupportedFileError", "UnsafeArchiveError", "SeriesSelectionError", "GeometryError",
-    "MissingReferenceError", "FrameOfReferenceError", "RoiNotFoundError", "EmptyRoiError",
+    "MissingReferenceError", "FrameOfReferenceError", "RoiNotFoundError", "EmptyRoiError", "ImageTooLargeError",
 ]

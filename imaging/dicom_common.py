@@ -93,8 +93,52 @@ def ds_list(values: np.ndarray, decimals: int = 4) -> list[str]:
     return [ds_text(v, decimals) for v in np.asarray(values, dtype=float).ravel()]
 
 
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+UTF8 = "ISO_IR 192"
+
+
+def check_lo(value: str, what: str = "value") -> str:
+    """``value`` if it is a valid DICOM LO (Long String) value, else ValueError saying why: at most
+    64 characters, no backslash (the value delimiter) and no control characters (NUL, ESC, CR, LF,
+    TAB ...: ESC is only for ISO 2022 code extensions, which we never write). Non-ASCII text is
+    fine: the writer then declares UTF-8 (SpecificCharacterSet ISO_IR 192)."""
+    if len(value) > 64:
+        raise ValueError(f"{what}: at most 64 characters (DICOM LO), got {len(value)}")
+    if "\\" in value:
+        raise ValueError(f"{what}: no backslash allowed (DICOM LO uses it between values)")
+    bad = [c for c in value if ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0]
+    if bad:
+        raise ValueError(f"{what}: no control characters allowed (DICOM LO); found {', '.join(sorted({repr(c) for c in bad}))}")
+    if value.strip() == "":
+        raise ValueError(f"{what}: must not be empty or only spaces")
+    return value
+
+
+def declare_character_set(ds: Dataset) -> None:
+    """Declare UTF-8 (ISO_IR 192) when any text value is not ASCII and the dataset does not already
+    declare a character set that encodes every such value (values are Unicode in pydicom, so
+    re-declaring re-encodes them correctly)."""
+    texts = [str(e.value) for e in ds.iterall() if e.VR in TEXT_VRS and e.value is not None and not e.is_empty]
+    non_ascii = [t for t in texts if not t.isascii()]
+    if not non_ascii:
+        return
+    declared = ds.get("SpecificCharacterSet")
+    if declared:
+        from pydicom.charset import convert_encodings
+
+        try:
+            codecs = convert_encodings([declared] if isinstance(declared, str) else list(declared))
+            if len(codecs) == 1 and all(t.encode(codecs[0]) for t in non_ascii):
+                return
+        except (LookupError, UnicodeEncodeError, ValueError):
+            pass
+    ds.SpecificCharacterSet = UTF8
+
+
 def save(ds: Dataset, path: "str | Path") -> Path:
-    """Write ``ds`` as a DICOM Part 10 file (preamble + meta), creating parent folders."""
+    """Write ``ds`` as a DICOM Part 10 file (preamble + meta), creating parent folders; non-ASCII
+    text gets its character set declared (:func:`declare_character_set`)."""
+    declare_character_set(ds)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

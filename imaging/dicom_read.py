@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .errors import GeometryError, SeriesSelectionError, UnsupportedFileError
+from .limits import check_voxels
 from .volume import PATIENT_STUDY_KEYWORDS, DicomInfo, Volume, direction_from_iop
 
 NON_IMAGE_MODALITIES = {
@@ -218,6 +219,8 @@ def volume_from_series(items: list[tuple[Path, pydicom.Dataset]], source: str) -
     rgb = int(first.get("SamplesPerPixel", 1)) == 3
     if rgb and len(items) > 1:
         raise UnsupportedFileError(f"{source}: a series of {len(items)} colour images is not a volume we read")
+    check_voxels((len(items), int(first.Rows), int(first.Columns), int(first.get("SamplesPerPixel", 1) or 1)), source,
+                 "series")  # before any pixel data is read
     slices = []
     for path, _ in items:
         arr, ds = _pixels(path, source)

@@ -45,3 +45,7 @@ class RoiNotFoundError(ImagingError):
 
 class EmptyRoiError(ImagingError):
     """The requested ROI exists but has nothing on the given image."""
+
+
+class ImageTooLargeError(ImagingError):
+    """The header declares more voxels than we read, or more data than the file holds."""

@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import EmptyRoiError, GeometryError, ImagingError, RoiNotFoundError, UnsupportedFileError
+from .errors import EmptyRoiError, GeometryError, ImageTooLargeError, ImagingError, RoiNotFoundError, UnsupportedFileError
+from .limits import check_voxels
 from .mask_common import RoiMask
 from .volume import Volume, to_sitk
 
@@ -35,11 +36,32 @@ def _load(path):
     if not path.is_file():
         raise ImagingError(f"{path}: file not found (expected a NIfTI file)")
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # the header only: data stay on disk until asked for
+    except Exception as exc:
+        raise UnsupportedFileError(f"{path.name}: not a readable NIfTI file ({type(exc).__name__})") from None
+    _check_declared_size(path, img)
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise UnsupportedFileError(f"{path.name}: not a readable NIfTI file ({type(exc).__name__})") from None
     return path, img, data
+
+
+def _check_declared_size(path: Path, img) -> None:
+    """Refuse, before allocating anything, a header that claims more voxels than we read or, for an
+    uncompressed file, more data than the file holds (a .nii.gz cannot say: its decompression is
+    bounded by the voxel limit, and a short stream fails in nibabel)."""
+    header = img.header
+    n = check_voxels(header.get_data_shape(), path.name, "NIfTI header")
+    try:
+        needed = int(header.get_data_offset()) + n * header.get_data_dtype().itemsize
+    except Exception as exc:
+        raise UnsupportedFileError(f"{path.name}: not a readable NIfTI file ({type(exc).__name__})") from None
+    if not path.name.lower().endswith(".gz"):
+        size = path.stat().st_size
+        if size < needed:
+            raise ImageTooLargeError(f"{path.name}: the NIfTI header declares {needed:,} bytes of image data but the "
+                                     f"file holds {size:,}; the file is truncated or its header is wrong")
 
 
 def _geometry(img, name: str) -> dict:

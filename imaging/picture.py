@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import EmptyRoiError, GeometryError, ImagingError, UnsupportedFileError
+from .errors import EmptyRoiError, GeometryError, ImageTooLargeError, ImagingError, UnsupportedFileError
+from .limits import MAX_PICTURE_PIXELS
 from .mask_common import RoiMask
 from .volume import Volume
 
-Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs beyond ~100 MP
+Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS  # (PIL only warns up to twice that: _open refuses it first)
 
 
 def _open(path) -> Image.Image:
@@ -23,7 +24,10 @@ def _open(path) -> Image.Image:
     if not path.is_file():
         raise ImagingError(f"{path}: file not found (expected a PNG or JPEG picture)")
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # the header only
+        if img.size[0] * img.size[1] > MAX_PICTURE_PIXELS:
+            raise ImageTooLargeError(f"{path.name}: the picture declares {img.size[0]} x {img.size[1]} pixels, more "
+                                     f"than the {MAX_PICTURE_PIXELS / 1e6:.0f} million accepted")
         img.load()
         return img
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:

@@ -21,6 +21,7 @@ from pydicom.uid import SegmentationStorage
 
 from . import dicom_common as dc
 from .errors import EmptyRoiError, FrameOfReferenceError, GeometryError, UnsupportedFileError
+from .limits import check_voxels
 from .mask_common import RoiMask, plane_slice, select
 from .volume import Volume, direction_from_iop
 
@@ -126,6 +127,7 @@ def read_seg_segment(path, image: Volume, segment: "int | str | None" = None, *,
     if measures is not None and "PixelSpacing" in measures and not np.allclose(
             [float(v) for v in measures.PixelSpacing][::-1], image.spacing[:2], atol=1e-4):
         raise GeometryError(f"{src}: pixel spacing {list(measures.PixelSpacing)} differs from the image's")
+    check_voxels((int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)), src, "SEG")  # before decoding
     frames = ds.pixel_array
     frames = frames[None] if frames.ndim == 2 else frames
     scale = float(ds.get("MaximumFractionalValue", 1)) if ds.SegmentationType == "FRACTIONAL" else 1.0

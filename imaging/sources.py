@@ -11,6 +11,7 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence, Union
 
@@ -54,33 +55,51 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
 
 
 @contextlib.contextmanager
-def extracted_zip(path: PathLike) -> Iterator[Path]:
-    """Safely extract a zip into a temporary folder (deleted on exit); yield the folder."""
+def extracted_zip(path: PathLike, into: PathLike | None = None, max_bytes: int = MAX_ZIP_BYTES) -> Iterator[Path]:
+    """Safely extract a zip into a temporary folder (deleted on exit; inside ``into`` when given,
+    e.g. the upload's own folder on the data volume); yield the folder.
+
+    At most ``max_bytes`` are written: the members' declared sizes are checked first, and the
+    bytes actually decompressed are counted as they are written (a member may lie about its
+    size), so a zip bomb stops at the limit with UnsafeArchiveError."""
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UnsupportedFileError(f"{path.name}: not a readable zip archive ({exc})") from None
-    with zf, tempfile.TemporaryDirectory(prefix="p2sam-zip-") as tmp:
+    if into is not None:
+        Path(into).mkdir(parents=True, exist_ok=True)
+    with zf, tempfile.TemporaryDirectory(prefix="p2sam-zip-", dir=into) as tmp:
         infos = zf.infolist()
         if len(infos) > MAX_ZIP_MEMBERS:
             raise UnsafeArchiveError(f"{path.name}: {len(infos)} members is more than the {MAX_ZIP_MEMBERS} accepted")
         for info in infos:
             _check_member(info, path.name)
         total = sum(i.file_size for i in infos)
-        if total > MAX_ZIP_BYTES:
-            raise UnsafeArchiveError(f"{path.name}: expands to {total / 1e9:.1f} GB, more than the "
-                                     f"{MAX_ZIP_BYTES / 1e9:.0f} GB accepted")
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"{path.name}: expands to {_size(total)}, more than the {_size(max_bytes)} accepted")
         root = Path(tmp).resolve()
+        written = 0
         for i, info in enumerate(infos):
             if info.is_dir():
                 continue
             # Flat, numbered names: nothing from the archive decides where we write.
             target = root / f"{i:06d}_{PurePosixPath(info.filename.replace(chr(92), '/')).name}"
-            with zf.open(info) as src, open(target, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise UnsafeArchiveError(f"{path.name}: expands to more than the {_size(max_bytes)} "
+                                                     "accepted (its members are larger than they declare)")
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise UnsupportedFileError(f"{path.name}: member {i + 1} cannot be extracted ({type(exc).__name__})") from None
         yield root
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ def run_batch(
             except JobCancelled:
                 raise
             except Exception as exc:  # one bad visit must not stop the batch: reported, not hidden
-                report.error = f"{type(exc).__name__}: {exc}"
+                report.error = _visit_error(exc)
             report.seconds = round(time.perf_counter() - t0, 3)
             reports.append(report)
             if chain and report.error is None and report.found:
@@ -182,6 +183,19 @@ def run_batch(
         write_report(reports, out_dir)
     write_plots(reports, out_dir)
     return reports
+
+
+def _visit_error(exc: Exception) -> str:
+    """A visit's error for the report: a user error's message; an internal one only by its type
+    (the details go to the log; an internal message may name server paths)."""
+    from .errors import classify, message
+
+    meaning = classify(exc)
+    if not meaning.user:
+        logging.getLogger("p2sam.batch").error("a visit failed: %s (%s)", meaning.title.lower(), type(exc).__name__,
+                                               exc_info=exc)
+        return f"{type(exc).__name__}: {meaning.detail}"
+    return f"{type(exc).__name__}: {message(exc)}"
 
 
 def write_plots(reports: list[VisitReport], out_dir: Path) -> list[Path]:

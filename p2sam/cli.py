@@ -201,20 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def user_error(exc: Exception) -> str | None:
-    """One line for errors that are the user's to fix (bad input, unknown model, bad config), else None."""
-    from pydantic import ValidationError
+    """One line for errors that are the user's to fix (bad input, unknown model, bad config), else None.
+    Which errors those are is decided in one place, shared with the worker: p2sam.errors.classify."""
+    from .errors import classify, message
 
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-    from imaging import ImagingError
-    from models import CheckpointError, EngineInputError
-
-    from .errors import JobInputError
-
-    if isinstance(exc, (ImagingError, EngineInputError, CheckpointError, JobInputError)):
-        return str(exc)
-    return None
+    return message(exc) if classify(exc).user else None
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def run_job(
     prior_mask = imaging.read_mask(spec.prior_mask, prior, _roi_arg(spec.roi))
     if not prior_mask.any():
         raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
-    roi_name = spec.roi_name_out or (spec.roi if spec.roi and not spec.roi.isdigit() else "GTV")
+    roi_name = spec.roi_name_out or (spec.roi if spec.roi and not isinstance(_roi_arg(spec.roi), int) else "GTV")
 
     report("loading", 0.02, "loading the model")
     model_name = pool.resolve(spec.model, prior.is_rgb)
@@ -147,7 +147,7 @@ def _digest(image: np.ndarray, mask: np.ndarray) -> str:
 
 
 def _roi_arg(roi: str | None) -> str | int | None:
-    return int(roi) if roi is not None and roi.isdigit() else roi
+    return int(roi) if roi is not None and roi.isascii() and roi.isdigit() else roi  # not "²": int() refuses it
 
 
 def _config_dict(cfg) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(7200, description="Redis visibility timeout: a job unacknowledged this long is redelivered (must exceed the hard limit).")
     lease_timeout_s: int = Field(120, ge=5, description="A running job whose worker sent no heartbeat for this long (or whose worker process on the same host is gone) is re-queued.")
     job_max_attempts: int = Field(3, ge=1, le=20, description="A job is started at most this many times (its worker dying each time, e.g. killed by the hard time limit or out of memory); then it fails.")
+    worker_start_timeout_s: float = Field(300.0, gt=0, description="How long a Celery pool process may take to start, model preload included, before it is restarted (Celery's worker_proc_alive_timeout; its 4 s default is shorter than a model preload on a busy machine).")
     maintenance_interval_s: float = Field(10.0, gt=0, description="How often the API re-enqueues jobs whose broker message may be lost, recovers jobs of vanished workers and applies retention.")
 
     # --- segmentation defaults
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `p2sam serve` listens on.")
     auth: Literal["apikey", "none"] = Field("apikey", description="apikey: every request needs an API key (X-API-Key or Bearer); none: no auth (local use only).")
     max_upload_mb: int = Field(512, ge=1, description="Largest accepted upload (MB); larger requests get 413.")
+    request_body_timeout_s: float = Field(30.0, gt=0, description="A request body that sends nothing for this long, or arrives slower than 1 KiB/s on average after it, is cut off with 408 (slow clients; the TLS proxy guards headers: deploy/README.md).")
+    max_connections: int = Field(200, ge=1, description="Concurrent connections `p2sam serve` accepts; beyond, new requests get 503 (uvicorn's limit_concurrency).")
     retention_hours: float = Field(72.0, ge=0, description="Inputs and results of finished jobs are purged after this many hours (0: never).")
     log_level: str = Field("INFO", description="Logging level. Logs never contain patient identifiers.")
 

@@ -51,6 +51,13 @@ class JobSpec(BaseModel):
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, max_length=64, description="ROI name in the output RTSTRUCT (default: the prior's)")
 
+    @field_validator("roi_name_out")
+    @classmethod
+    def _roi_name_out(cls, v: str | None) -> str | None:
+        from imaging.dicom_common import check_lo
+
+        return None if v is None else check_lo(v, "roi_name_out")
+
 
 def window_arg(value: str) -> str | tuple[float, float]:
     """'default' / 'lung' / ... or 'lo,hi' -> what imaging.window takes."""

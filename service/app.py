@@ -16,6 +16,7 @@ import p2sam
 from p2sam.settings import Settings, get_settings
 
 from . import problems
+from .headers import SecurityHeaders
 from .limits import BodySizeLimit
 from .routes import ROUTERS
 from .services import Services
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     problems.document_problems(app)
-    app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20))
+    app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20),
+                       body_timeout=settings.request_body_timeout_s)
+    app.add_middleware(SecurityHeaders)  # outermost: the size limit's own 413s get the headers too
     for router in ROUTERS:
         app.include_router(router)
     return app

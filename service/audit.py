@@ -7,14 +7,18 @@ file names. Lines are appended with O_APPEND under an flock, so several processe
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .auth import Principal
+
+log = logging.getLogger("p2sam.audit")
 
 
 class AuditLog:
@@ -32,12 +36,19 @@ class AuditLog:
                  "key": key, "key_id": key_id, "action": action, "job_id": job_id, "upload_id": upload_id,
                  "outcome": outcome, **extra}
         line = (json.dumps({k: v for k, v in entry.items() if v is not None}, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # A read-only or full data volume must not turn a read into a 500: the entry (ids and key
+            # names only, never patient data) goes to the server log instead; a request that needs to
+            # write fails on its own write with a 503.
+            log.error("audit log not writable (%s): %s", errno.errorcode.get(exc.errno, type(exc).__name__),
+                      line.decode().strip())
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -120,7 +121,8 @@ def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str |
                     return record, True
             batch, tasks = build(services, who, body)
             # entry first, then the batch (see service.submit: never a batch without its entry)
-            write_json_atomic(entry_path, {"batch_id": batch["id"], "body_hash": digest, "key_id": who.key_id})
+            write_json_atomic(entry_path, {"batch_id": batch["id"], "body_hash": digest, "key_id": who.key_id,
+                                           "created_at": time.time()})  # the retention sweep reads it
             record = batches.create({**batch, "body_hash": digest, "idempotency": entry_path.stem}, tasks)
     for p in record["patients"]:
         services.enqueue(p["task"])

@@ -44,7 +44,10 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # third-party libraries: warnings only
     configure(settings.log_level)
     uvicorn.run(create_app(settings), host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level.lower(), proxy_headers=args.proxy_headers, timeout_graceful_shutdown=10)
+                log_level=settings.log_level.lower(), proxy_headers=args.proxy_headers, timeout_graceful_shutdown=10,
+                # slow clients (deploy/README.md says which layer guards what): idle keep-alive
+                # connections close after 5 s; beyond P2SAM_MAX_CONNECTIONS new requests get 503
+                timeout_keep_alive=5, limit_concurrency=settings.max_connections)
     return 0
 
 

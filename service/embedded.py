@@ -54,5 +54,11 @@ class EmbeddedExecutor:
                 continue
             try:
                 execute_job(job_id, self.store, self.settings, pool=self.pool)
-            except Exception:  # execute_job records failures itself; never let the thread die
-                log.exception("job %s: the embedded worker failed", job_id)
+            except Exception as exc:  # execute_job records failures itself; never let the thread die
+                from p2sam.errors import STORAGE_UNAVAILABLE, classify
+
+                if classify(exc) is STORAGE_UNAVAILABLE:  # read-only / full volume: wait, calmly, and retry
+                    log.error("job %s: cannot run, the data volume is not writable (%s)", job_id, exc.strerror)
+                else:
+                    log.exception("job %s: the embedded worker failed", job_id)
+                self._stop.wait(5.0)  # never a tight loop on a job that cannot be claimed

@@ -1,19 +1,26 @@
-"""Request size limits, enforced while the body streams in (never after reading it all).
+"""Request size and speed limits, enforced while the body streams in (never after reading it all).
 
 A declared ``Content-Length`` over the limit is answered 413 before a byte of the body is
 read; a chunked body is counted as it arrives and stopped with 413 as soon as it passes the
 limit. Uploads (``/v1/uploads``) may be up to ``P2SAM_MAX_UPLOAD_MB``; every other request 1 MiB.
+
+A body that sends nothing for ``P2SAM_REQUEST_BODY_TIMEOUT_S``, or arrives slower than
+``MIN_RATE`` bytes/s on average once that time has passed (1 byte a second keeps no connection
+open for long), is cut off with 408 and the connection closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from fastapi import HTTPException
 
 from .problems import MEDIA_TYPE
 
 OTHER_LIMIT = 1 << 20
+MIN_RATE = 1024  # bytes/s, on average, once the body timeout has passed
 
 
 class BodyTooLarge(HTTPException):
@@ -28,11 +35,22 @@ def _human(n: int) -> str:
     return f"{n / (1 << 20):g} MiB"
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over the limit of their path."""
+class BodyTooSlow(HTTPException):
+    """Raised from inside ``receive`` when a body stalls or trickles in (-> 408)."""
 
-    def __init__(self, app, upload_limit: int, upload_prefix: str = "/v1/uploads", other_limit: int = OTHER_LIMIT) -> None:
+    def __init__(self, timeout: float) -> None:
+        super().__init__(408, f"the request body arrived too slowly (nothing for {timeout:g} s, or under "
+                              f"{MIN_RATE} bytes/s on average); send it again on a working connection",
+                         headers={"Connection": "close"})
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over the limit of their path, 408 for stalled or trickling ones."""
+
+    def __init__(self, app, upload_limit: int, upload_prefix: str = "/v1/uploads", other_limit: int = OTHER_LIMIT,
+                 body_timeout: float = 30.0) -> None:
         self.app, self.upload_limit, self.upload_prefix, self.other_limit = app, upload_limit, upload_prefix, other_limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -45,11 +63,25 @@ class BodySizeLimit:
             if int(declared) > limit:
                 return await _reply(send, 413, "Request too large", BodyTooLarge(limit).detail)
         received = 0
+        started = time.monotonic()
+        timeout = self.body_timeout
+
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect can come: wait for it as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(timeout) from None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                body_done = True
             if message["type"] == "http.request":
+                elapsed = time.monotonic() - started
+                if message.get("more_body") and elapsed > timeout and received < MIN_RATE * elapsed:
+                    raise BodyTooSlow(timeout)
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(limit)

@@ -41,7 +41,12 @@ class Maintenance:
             try:
                 self.run_once()
             except Exception as exc:  # keep going: the next round retries
-                log.warning("maintenance round failed (%s)", type(exc).__name__, exc_info=exc)
+                from p2sam.errors import STORAGE_UNAVAILABLE, classify
+
+                if classify(exc) is STORAGE_UNAVAILABLE:  # one line a round, not a traceback
+                    log.warning("maintenance round skipped: the data volume is not writable (%s)", exc.strerror)
+                else:
+                    log.warning("maintenance round failed (%s)", type(exc).__name__, exc_info=exc)
             if self._stop.wait(self.services.settings.maintenance_interval_s):
                 return
 
@@ -75,7 +80,8 @@ class Maintenance:
                 s.audit.write("retention", "upload.purge", upload_id=folder.name)
         for entry in s.idempotency.folder.glob("*.json"):
             try:
-                if json.loads(entry.read_text()).get("created_at", 0) < cutoff:
+                created = json.loads(entry.read_text()).get("created_at") or entry.stat().st_mtime  # (older entries: mtime)
+                if created < cutoff:
                     entry.unlink()
             except (OSError, ValueError):
                 continue

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("p2sam.service")
 MEDIA_TYPE = "application/problem+json"
@@ -101,16 +102,48 @@ def install(app: FastAPI) -> None:
         return problem_response(422, f"{first['location']}: {first['message']}", type_="/problems/validation",
                                 instance=request.url.path, errors=errors[:20])
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.scope.get("route_path", request.url.path),
-                  exc_info=exc)
-        return problem_response(500, "internal error; the server log has the details", type_="/problems/internal-error")
+    async def _classified(request: Request, exc: Exception) -> JSONResponse:
+        from p2sam.errors import INTERNAL, classify, public_detail
+
+        meaning = classify(exc)  # the one table shared with the CLI and the worker
+        route = request.scope.get("route_path", request.url.path)
+        if meaning is INTERNAL:
+            log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route, exc_info=exc)
+        else:
+            log.error("%s on %s %s (%s)", meaning.title.lower(), request.method, route, type(exc).__name__)
+        headers = {"Retry-After": "30"} if meaning.status == 503 else None
+        return problem_response(meaning.status, public_detail(exc, meaning), title=meaning.title,
+                                type_=f"/problems/{meaning.slug}", headers=headers)
+
+    async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+        # The client went away mid-request (e.g. a cancelled upload): one calm line, no traceback.
+        log.info("client disconnected during %s %s", request.method, request.scope.get("route_path", request.url.path))
+        return problem_response(400, "the client disconnected before the request was complete", type_="/problems/disconnected")
+
+    # Known kinds by class (handled inside the app, so the server does not log them again), and the
+    # last resort for everything else (Starlette re-raises those to the server after answering).
+    app.add_exception_handler(ClientDisconnect, _disconnected)
+    for kind in (OSError, ValueError, MemoryError, Exception):
+        app.add_exception_handler(kind, _classified)
 
 
 # responses= entry for routes: documents the problem+json error shape in the OpenAPI.
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ProblemModel, "description": _TITLES.get(s, "Error")} for s in statuses}
+
+
+def _possible(path: str, operation: dict[str, Any]) -> list[int]:
+    """Statuses every operation of its kind may answer, whatever the route: a malformed request
+    (400, 422), a body too large or too slow (413, 408), storage read-only or full (503), a bug
+    (500); under /v1 a missing key or scope (401, 403); a purged job's or batch's data (410)."""
+    statuses = [400, 422, 500, 503]
+    if "requestBody" in operation:
+        statuses += [408, 413]
+    if path.startswith("/v1/"):
+        statuses += [401, 403]
+    if "{job_id}" in path or "{batch_id}" in path:
+        statuses += [404, 410]
+    return statuses
 
 
 def document_problems(app: FastAPI) -> None:
@@ -125,9 +158,12 @@ def document_problems(app: FastAPI) -> None:
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas["ProblemModel"] = ProblemModel.model_json_schema(ref_template="#/components/schemas/{model}")
         ref = {"$ref": "#/components/schemas/ProblemModel"}
-        for operations in spec.get("paths", {}).values():
+        for path, operations in spec.get("paths", {}).items():
             for operation in operations.values():
-                for status, response in operation.get("responses", {}).items():
+                responses = operation.setdefault("responses", {})
+                for status in _possible(path, operation):  # what any such operation may answer
+                    responses.setdefault(str(status), {"description": _TITLES.get(status, "Error")})
+                for status, response in responses.items():
                     if status[:1] in ("4", "5"):
                         response["content"] = {MEDIA_TYPE: {"schema": ref}}
                         if status == "422":

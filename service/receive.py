@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .problems import Problem
@@ -116,7 +117,7 @@ async def _multipart(request: Request, boundary: bytes | None, sink: _Sink) -> N
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except (Problem, HTTPException, OSError):
+    except (Problem, HTTPException, OSError, ClientDisconnect):
         raise
     except Exception as exc:
         raise Problem(400, f"malformed multipart body ({type(exc).__name__})", slug="bad-multipart") from None

@@ -102,7 +102,17 @@ class JobSettingsIn(BaseModel):
     window: str | None = Field(None, max_length=32, pattern=r"^(default|lung|soft_tissue|bone|-?[0-9]{1,5}(\.[0-9]{1,3})?,-?[0-9]{1,5}(\.[0-9]{1,3})?)$",
                                description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
     slice_margin: int | None = Field(None, ge=0, le=10)
-    roi_name_out: str | None = Field(None, min_length=1, max_length=64)
+    roi_name_out: str | None = Field(None, min_length=1, max_length=64,
+                                     description="ROI name in the output RTSTRUCT/SEG: a DICOM LO value (at most 64 "
+                                                 "characters, no backslash, no control characters); non-ASCII is "
+                                                 "written as UTF-8 (SpecificCharacterSet ISO_IR 192)")
+
+    @field_validator("roi_name_out")
+    @classmethod
+    def _roi_name_out(cls, v: str | None) -> str | None:
+        from imaging.dicom_common import check_lo
+
+        return None if v is None else check_lo(v, "roi_name_out")
 
     @field_validator("window")
     @classmethod

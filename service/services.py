@@ -16,6 +16,8 @@ from p2sam.batchstore import BatchStore
 from p2sam.jobstore import JobStore, new_id
 from p2sam.settings import Settings
 
+from worker import liveness
+
 from .audit import AuditLog
 from .auth import KeyStore
 from .submit import Idempotency
@@ -30,7 +32,7 @@ class Services:
         self.settings = settings
         self.store = JobStore(settings.data_dir)
         self.batches = BatchStore(self.store)
-        self.uploads = UploadStore(self.store)
+        self.uploads = UploadStore(self.store, max_bytes=settings.max_upload_mb * (1 << 20))
         self.keys = KeyStore(self.store.data_dir)
         self.audit = AuditLog(self.store.data_dir)
         self.idempotency = Idempotency(self.store.data_dir)
@@ -92,17 +94,23 @@ class Services:
         checks: dict[str, Any] = {"job_store": self._store_writable()}
         if self.dispatcher is not None:
             checks["broker"] = self.dispatcher.epoch() is not None
-            workers: list[str] = []
+            answering: list[str] = []
+            ready: list[str] = []
             if checks["broker"]:
-                for _ in range(2):  # a busy host may answer late; ask twice before declaring none
+                # A worker's parent answers pings even while its pool process is dead or still loading
+                # the model: count only workers whose pool process says it is ready (worker/liveness.py).
+                for limit in (1, None):  # the first answer is usually enough; else ask them all
                     try:
-                        workers = self.dispatcher.ping_workers(timeout=PING_TIMEOUT_S)
+                        answering = self.dispatcher.ping_workers(timeout=PING_TIMEOUT_S, limit=limit)
                     except Exception:
-                        workers = []
-                    if workers:
+                        answering = []
+                    ready = [w for w in answering if liveness.state(self.settings.data_dir, w) == "ready"]
+                    if ready:
                         break
-            checks["workers"] = len(workers)
-            ok = checks["job_store"] and checks["broker"] and bool(workers)
+            checks["workers"] = len(ready)
+            if len(answering) > len(ready):
+                checks["workers_starting"] = len(answering) - len(ready)  # answering, pool process not ready
+            ok = checks["job_store"] and checks["broker"] and bool(ready)
         else:
             checks["embedded_worker"] = bool(self.embedded and self.embedded.alive())
             ok = checks["job_store"] and checks["embedded_worker"]

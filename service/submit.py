@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,9 +49,16 @@ class Idempotency:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# 1-255 visible ASCII characters, spaces inside (the OpenAPI says the same: routes use it as the
+# header's pattern, so a key outside it is a documented 422, never a surprise)
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
+
+
 def check_key(key: str) -> None:
-    if not (1 <= len(key) <= 255) or not key.isprintable():
-        raise Problem(400, "Idempotency-Key: 1-255 printable characters (e.g. a UUID)", slug="bad-idempotency-key")
+    import re
+
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise Problem(400, "Idempotency-Key: 1-255 visible ASCII characters (e.g. a UUID)", slug="bad-idempotency-key")
 
 
 def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
@@ -102,7 +110,8 @@ def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -
         # The key's entry is written BEFORE the job: a crash in between leaves an entry whose job
         # does not exist (the next request with the key creates it), never a job without its entry.
         draft = {**build_record(services, who, body), "body_hash": digest, "idempotency": entry_path.stem}
-        write_json_atomic(entry_path, {"job_id": draft["id"], "body_hash": digest, "key_id": who.key_id})
+        write_json_atomic(entry_path, {"job_id": draft["id"], "body_hash": digest, "key_id": who.key_id,
+                                       "created_at": time.time()})  # the retention sweep reads it
         record = services.store.create(draft)
     services.enqueue(record["id"])
     return record, False

@@ -24,7 +24,7 @@ from typing import Any
 
 import imaging
 from imaging import dicom_read
-from imaging.sources import extracted_zip, kind_of_file
+from imaging.sources import MAX_ZIP_BYTES, extracted_zip, kind_of_file
 from p2sam.jobstore import JobStore, new_id, valid_id, write_json_atomic
 
 from .problems import Problem
@@ -33,8 +33,9 @@ MASK_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.3": "rtstruct", "1.2.840.10008.5.1.
 
 
 class UploadStore:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, max_bytes: int | None = None) -> None:
         self.store = store
+        self.max_bytes = max_bytes  # the most an upload may hold once its zips are expanded (P2SAM_MAX_UPLOAD_MB)
         self.root = store.data_dir / "uploads"
 
     def new(self) -> tuple[str, Path]:
@@ -60,7 +61,7 @@ class UploadStore:
         """Sort, validate and describe the raw files of an upload; 422 (and nothing kept) when unusable."""
         folder = self.store.upload_dir(upload_id)
         try:
-            manifest = _Ingest(folder).run()
+            manifest = _Ingest(folder, self.max_bytes).run()
         except imaging.ImagingError as exc:
             self.discard(upload_id)
             raise Problem(422, str(exc), title="Unreadable upload", slug="invalid-upload") from None
@@ -116,10 +117,15 @@ class UploadStore:
             if roi is None and len(rois) != 1:
                 raise Problem(422, f"prior.roi: the contour object holds {len(rois)} ROIs, name one: {', '.join(rois)}",
                               slug="roi-not-found")
-            if roi is not None and roi not in rois and not (roi.isdigit() and 1 <= int(roi) <= 100000):
+            if roi is not None and roi not in rois and not (_roi_number(roi) is not None and 1 <= _roi_number(roi) <= 100000):
                 raise Problem(422, f"prior.roi: no ROI '{roi}'; the contour object holds: {', '.join(rois) or 'none'}",
                               slug="roi-not-found")
         return chosen["path"], roi
+
+
+def _roi_number(roi: str) -> int | None:
+    """An ROI given by number: ASCII digits only ("²" and "③" are digits to str.isdigit, not to int)."""
+    return int(roi) if roi.isascii() and roi.isdigit() else None
 
 
 def _list_series(m: dict[str, Any]) -> str:
@@ -129,8 +135,10 @@ def _list_series(m: dict[str, Any]) -> str:
 class _Ingest:
     """One pass over an upload's raw files (``.incoming``), building its folders and manifest."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_bytes: int | None = None) -> None:
         self.folder, self.incoming = folder, folder / ".incoming"
+        self.max_bytes = max_bytes
+        self.expanded = 0  # bytes expanded from zips so far (all of the upload's zips together)
         self.notes: list[str] = []
         self.unreadable_dicom: list[Path] = []
         self.dicom_reason = ""
@@ -157,8 +165,12 @@ class _Ingest:
             if kind_of_file(f) != "zip":
                 out.append(f)
                 continue
-            with extracted_zip(f) as root:
+            # expanded inside the upload's own folder (the data volume, never $TMPDIR), counted as it
+            # goes: a zip may hold no more than the upload limit once expanded
+            limit = (self.max_bytes if self.max_bytes is not None else MAX_ZIP_BYTES) - self.expanded
+            with extracted_zip(f, into=self.folder, max_bytes=max(limit, 0)) as root:
                 for i, member in enumerate(sorted(p for p in root.iterdir() if p.is_file())):
+                    self.expanded += member.stat().st_size
                     suffix = next((s for s in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm") if member.name.lower().endswith(s)), "")
                     target = self.incoming / f"z{k:03d}_{i:06d}{suffix}"
                     shutil.move(str(member), target)

@@ -26,6 +26,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process loads the model in worker_process_init before it reports UP; Celery's default
+        # 4 s made a restarted process (after a kill -9) time out and restart forever on a busy host.
+        worker_proc_alive_timeout=settings.worker_start_timeout_s,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_hard_time_limit_s,
         broker_transport_options={

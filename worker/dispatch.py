@@ -83,7 +83,7 @@ class Dispatcher:
             log.info("published %d queued job(s) the broker did not hold", published)
         return {"requeued": len(requeued), "published": published}
 
-    def ping_workers(self, timeout: float = 1.0) -> list[str]:
-        """Names of the workers answering a ping (stops at the first answer)."""
-        replies = self.app.control.ping(timeout=timeout, limit=1) or []
+    def ping_workers(self, timeout: float = 1.0, limit: int | None = 1) -> list[str]:
+        """Names of the workers answering a ping (by default it stops at the first answer)."""
+        replies = self.app.control.ping(timeout=timeout, limit=limit) or []
         return [name for reply in replies for name in reply]

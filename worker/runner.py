@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2sam.errors import INTERNAL, INVALID_INPUT, classify, public_detail
 from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, is_transient_io_error, process_owner
 from p2sam.settings import Settings
 
@@ -154,9 +155,6 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
     """Run the stored job ``job_id`` once; returns what happened: 'succeeded', 'failed',
     'cancelled', or 'skipped' (absent, finished, or running on a live worker)."""
-    from imaging import ImagingError
-    from models import CheckpointError, EngineInputError
-    from p2sam.modelpool import UnknownModelError
     from p2sam.batchstore import BatchStore, is_patient_task
     from p2sam.pipeline import JobCancelled, run_job
 
@@ -225,26 +223,18 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     except timeout_exceptions:
         return _fail(store, job_id, owner, problem(
             504, "Job took too long", f"the job did not finish within {settings.job_soft_time_limit_s} s", "time-limit"))
-    except (ImagingError, EngineInputError, UnknownModelError) as exc:
-        log.info("job %s: bad input (%s)", job_id, type(exc).__name__)
-        return _fail(store, job_id, owner, problem(422, "The input cannot be segmented", str(exc), "invalid-input"))
-    except CheckpointError:
-        log.error("job %s: the model file could not be loaded", job_id)
-        return _fail(store, job_id, owner, problem(
-            500, "Model unavailable", "the server could not load the model; an administrator must check "
-            "P2SAM_MODELS_DIR and the weights files (`p2sam models`)", "model-unavailable"))
-    except MemoryError:
-        log.error("job %s: out of memory", job_id)
-        return _fail(store, job_id, owner, problem(507, "Out of memory", "the worker ran out of memory; try fewer "
-                                                   "samples or a smaller model", "out-of-memory"))
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError: never retried
-            return _fail(store, job_id, owner, problem(507, "Out of GPU memory", "the GPU ran out of memory; try "
-                                                       "fewer samples or a smaller model", "out-of-memory"))
-        log.exception("job %s: internal error (%s)", job_id, type(exc).__name__)
-        return _fail(store, job_id, owner, problem(500, "Internal error", "the job failed because of an internal "
-                                                   f"error ({type(exc).__name__}); the server log has the details "
-                                                   f"under job id {job_id}", "internal-error"))
+    except Exception as exc:  # what it means to the user: one table (p2sam.errors), shared with the CLI and the API
+        meaning = classify(exc)
+        if meaning is INTERNAL:
+            log.exception("job %s: internal error (%s)", job_id, type(exc).__name__)
+            return _fail(store, job_id, owner, problem(500, INTERNAL.title, "the job failed because of an internal "
+                                                       f"error ({type(exc).__name__}); the server log has the details "
+                                                       f"under job id {job_id}", INTERNAL.slug))
+        if meaning is INVALID_INPUT:
+            log.info("job %s: bad input (%s)", job_id, type(exc).__name__)
+        else:
+            log.error("job %s: %s (%s)", job_id, meaning.title.lower(), type(exc).__name__)
+        return _fail(store, job_id, owner, problem(meaning.status, meaning.title, public_detail(exc, meaning), meaning.slug))
     finally:
         beat.stop.set()
         if patient:  # the batch's state and, once every patient is done, its report (else maintenance does it)

@@ -32,13 +32,26 @@ def store() -> JobStore:
 
 
 @worker_process_init.connect
-def _load_models(**_: object) -> None:
-    """In each pool process: create the model pool and load the default model once."""
+def _load_models(sender: object = None, **_: object) -> None:
+    """In each pool process: create the model pool and load the default model once; the worker
+    counts as ready (worker/liveness.py) only once that is done."""
     from p2sam.modelpool import default_pool
+
+    from . import liveness
 
     settings = get_settings()
     configure(settings.log_level)
-    pool = default_pool()
+    worker = str(sender or "")
+    if worker:
+        liveness.mark(settings.data_dir, worker, "starting")
+    try:
+        _preload(settings, default_pool())
+    finally:
+        if worker:
+            liveness.keep_ready(settings.data_dir, worker)
+
+
+def _preload(settings, pool) -> None:
     name = settings.default_model_ct
     if name in pool.files():
         try:

@@ -18,7 +18,9 @@ from p2sam.jobstore import TERMINAL
 from ..auth import Principal, principal, require
 from ..batch_schemas import BatchIn, BatchListOut, BatchOut
 from ..batch_submit import submit_batch
+from ..submit import IDEMPOTENCY_KEY_PATTERN
 from ..problems import Problem, documented
+from .jobs import _status
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -52,15 +54,16 @@ def _out(request: Request, record: dict) -> BatchOut:
 
 @router.post("", status_code=202, response_model=BatchOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
 async def create_batch(request: Request, body: BatchIn, response: Response, who: Principal = Depends(require("submit")),
-                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255,
-                                                            description="same key + same body -> the same batch; different body -> 409")):
+                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
+                                                            pattern=IDEMPOTENCY_KEY_PATTERN,
+                                                            description="1-255 visible ASCII characters; same key + same body -> the same batch; different body -> 409")):
     """Submit a batch: per patient a prior (image + contour) and visits in order, by upload id, optionally
     with ground-truth masks; one task per patient runs on the batch queue. 202 + Location."""
     services = request.app.state.services
     try:
         record, replayed = await run_in_threadpool(submit_batch, services, who, body, idempotency_key)
-    except Problem as exc:
-        services.audit.write(who, "batch.submit", outcome="rejected", status=exc.status)
+    except Exception as exc:  # audited whatever it is (a bug's 500 too)
+        services.audit.write(who, "batch.submit", outcome="rejected", status=_status(exc))
         raise
     services.audit.write(who, "batch.submit", batch_id=record["id"], outcome="replayed" if replayed else "ok",
                          patients=len(record["patients"]))

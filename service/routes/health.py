@@ -18,7 +18,8 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses=documented(503), summary="Ready to run jobs")
 async def readyz(request: Request):
-    """Job store writable; broker mode: broker reachable and a worker answering (cached 5 s)."""
+    """Job store writable; broker mode: broker reachable and a worker answering whose pool process has
+    loaded the model (cached 5 s); embedded mode: the in-process worker thread alive."""
     ok, checks = await run_in_threadpool(request.app.state.services.readiness)
     if ok:
         return Health(status="ready", checks=checks)

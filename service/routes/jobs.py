@@ -13,12 +13,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from p2sam.batchstore import is_patient_task
+from worker.runner import MEDIA_TYPES
 from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
 from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
-from ..submit import submit
+from ..submit import IDEMPOTENCY_KEY_PATTERN, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -41,6 +42,12 @@ def _job(request: Request, job_id: str, who: Principal, action: str, *, write: b
     return record
 
 
+def _status(exc: Exception) -> int:
+    from p2sam.errors import classify
+
+    return exc.status if isinstance(exc, Problem) else classify(exc).status
+
+
 @router.get("", response_model=JobListOut, responses=documented(401))
 def list_jobs(request: Request, who: Principal = Depends(principal),
               state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
@@ -58,15 +65,16 @@ def list_jobs(request: Request, who: Principal = Depends(principal),
 
 @router.post("", status_code=202, response_model=JobOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
 async def create_job(request: Request, body: JobIn, response: Response, who: Principal = Depends(require("submit")),
-                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255,
-                                                          description="same key + same body -> the same job; different body -> 409")):
+                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
+                                                          pattern=IDEMPOTENCY_KEY_PATTERN,
+                                                          description="1-255 visible ASCII characters; same key + same body -> the same job; different body -> 409")):
     """Submit a job: prior (image + contour) and follow-ups, by upload id. 202 + Location;
     a replay of an Idempotency-Key with the same body answers 200 with the same job."""
     services = request.app.state.services
     try:
         record, replayed = await run_in_threadpool(submit, services, who, body, idempotency_key)
-    except Problem as exc:
-        services.audit.write(who, "job.submit", outcome="rejected", status=exc.status)
+    except Exception as exc:  # audited whatever it is (a bug's 500 too)
+        services.audit.write(who, "job.submit", outcome="rejected", status=_status(exc))
         raise
     services.audit.write(who, "job.submit", job_id=record["id"], outcome="replayed" if replayed else "ok")
     out = JobOut.of(record)
@@ -112,7 +120,10 @@ def get_results(request: Request, job_id: str, who: Principal = Depends(principa
 
 
 @router.get("/{job_id}/artifacts/{target}/{name}", responses={
-    200: {"description": "the file", "content": {"application/octet-stream": {}}}, 304: {"description": "not modified"},
+    200: {"description": "the file: its media type as listed in /results (RTSTRUCT and SEG application/dicom, "
+                         "NIfTI application/gzip, preview image/png, result.json application/json)",
+          "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})}},
+    304: {"description": "not modified"},
     **documented(401, 403, 404, 409, 410)})
 def get_artifact(request: Request, job_id: str, target: str, name: str, who: Principal = Depends(principal),
                  if_none_match: str | None = Header(None, alias="If-None-Match")):

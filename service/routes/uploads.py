@@ -22,8 +22,9 @@ _BODY = {
         "content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
                 "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}},
-            "application/zip": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
+            **{media: {"schema": {"type": "string", "format": "binary", "minLength": 1}} for media in (
+                "application/zip", "application/dicom", "application/x-nifti", "application/gzip", "image/png",
+                "image/jpeg", "application/octet-stream")},
         },
     }
 }
