@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -122,6 +123,81 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
     return {"frames": scored, "dice": scores, "chosen": chosen, "seconds": seconds}
 
 
+def compare_sequence(reference: P2SAMEngine, pruned: P2SAMEngine, frames: list[Frame], every: int = 1) -> dict:
+    """P²SAM with retrieval as the reference runs it (every candidate fully cascaded) and pruned,
+    on the same encodings: Dice of each, whether they chose the same candidate, time per target,
+    and for every k the choice that pruning to k would make (derived: the pruned run's step (a)
+    scores rank the candidates, the reference's final scores pick among the best k). Only the
+    prior and the scored frames (every ``every``-th) are encoded."""
+    scored = list(range(UNSCORED, len(frames)))[::max(1, every)]
+    prior = reference.set_prior(reference.encode(read_rgb(frames[PRIOR_INDEX].image)), read_mask(frames[PRIOR_INDEX].mask))
+    out: dict = {"frames": [], "dice": {"reference": [], "pruned": []}, "same": [], "seconds": {"reference": [], "pruned": []},
+                 "derived": {}}
+    for i in scored:
+        enc, truth = reference.encode(read_rgb(frames[i].image)), read_mask(frames[i].mask)
+        res = {}
+        for name, eng in (("reference", reference), ("pruned", pruned)):
+            t = time.perf_counter()
+            res[name] = eng.segment(enc, prior, method="p2sam")
+            out["seconds"][name].append(time.perf_counter() - t)
+            out["dice"][name].append(dice(res[name].mask, truth))
+        r, p = res["reference"], res["pruned"]
+        key = lambda c: None if c is None else (c.n_pos, c.n_neg)
+        out["same"].append(key(r.best) == key(p.best))
+        out["frames"].append(frames[i].number)
+        steps = [c.step_a_score for c in p.candidates]
+        if all(v is not None for v in steps):
+            order = sorted(range(len(steps)), key=lambda j: (steps[j], j))
+            for k in range(1, len(steps) + 1):
+                top = order[:k]
+                pick = min(top, key=lambda j: (r.candidates[j].score, j))
+                pick = None if math.isinf(r.candidates[pick].score) else pick
+                d = out["derived"].setdefault(k, {"same": [], "dice": []})
+                d["same"].append(pick == r.chosen)
+                if pick is None:
+                    d["dice"].append(dice(np.zeros_like(truth), truth))
+                else:
+                    from models.decoder import upscale_logits
+
+                    m = upscale_logits(reference.sam, r.candidate_logits[pick : pick + 1], enc.input_size, enc.original_size)[0, 0]
+                    d["dice"].append(dice((m > reference.sam.mask_threshold).cpu().numpy(), truth))
+    return out
+
+
+def print_comparison(per_sequence: dict[str, dict], model: str, prune_k: int, every: int) -> dict:
+    rows, seq = [], {}
+    for name, r in per_sequence.items():
+        if not r["frames"]:
+            continue
+        dr, dp = float(np.mean(r["dice"]["reference"])), float(np.mean(r["dice"]["pruned"]))
+        seq[name] = (dr, dp)
+        rows.append([name, len(r["frames"]), dr, dp, 100 * (dp - dr), f"{100 * np.mean(r['same']):.1f}%"])
+    mean_r = float(np.mean([v[0] for v in seq.values()]))
+    mean_p = float(np.mean([v[1] for v in seq.values()]))
+    same = [s for r in per_sequence.values() for s in r["same"]]
+    n = len(same)
+    rows.append(["mean", n, mean_r, mean_p, 100 * (mean_p - mean_r), f"{100 * np.mean(same):.1f}%"])
+    print(f"pruned vs reference retrieval: {model}; prior = 3rd frame, frames 4.. scored"
+          + (f" (every {every}th)" if every > 1 else "") + "; Dice per frame -> sequence -> mean")
+    print(table(["sequence", "frames", "reference", f"pruned k={prune_k}", "diff (points)", "same choice"], rows))
+    sec = {k: float(np.mean([s for r in per_sequence.values() for s in r["seconds"][k]])) for k in ("reference", "pruned")}
+    print(f"time per target (P²SAM after the encoder): reference {sec['reference']:.3f} s, pruned {sec['pruned']:.3f} s "
+          f"({sec['reference'] / max(sec['pruned'], 1e-9):.2f}x faster)")
+    ks = sorted({k for r in per_sequence.values() for k in r["derived"]})
+    if ks:
+        drows = []
+        for k in ks:
+            same_k = [s for r in per_sequence.values() for s in r["derived"].get(k, {"same": []})["same"]]
+            dice_k = [float(np.mean(r["derived"][k]["dice"])) for r in per_sequence.values() if r["derived"].get(k, {"dice": []})["dice"]]
+            drows.append([f"k={k}", len(same_k), f"{100 * np.mean(same_k):.1f}%", float(np.mean(dice_k)), 100 * (float(np.mean(dice_k)) - mean_r)])
+        print("derived for every k (the pruned run's step (a) ranking, the reference's final scores; prompts not shared):")
+        print(table(["keep", "frames", "same choice", "mean Dice", "diff (points)"], drows))
+    print(f"same_choice {np.mean(same):.4f}")
+    print(f"dice_diff_points {100 * (mean_p - mean_r):+.2f}")
+    return {"reference": mean_r, "pruned": mean_p, "same_choice": float(np.mean(same)), "frames": n, "seconds_per_target": sec,
+            "per_sequence": {k: {"reference": v[0], "pruned": v[1]} for k, v in seq.items()}}
+
+
 def _oracle(engine: P2SAMEngine, result, enc, truth: np.ndarray) -> float:
     from models.decoder import upscale_logits
 
@@ -210,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frame-step", type=int, default=1, metavar="K",
                         help="predict and score only every K-th scored frame of each sequence (a cheaper estimate; default 1: all)")
+    parser.add_argument("--compare-reference", action="store_true",
+                        help="only P²SAM with retrieval, pruned (--prune-k) vs the reference (every candidate fully cascaded)")
+    parser.add_argument("--prune-k", type=int, default=3, help="with --compare-reference: candidates refined after cascade step (a)")
+    parser.add_argument("--every", type=int, default=1, help="with --compare-reference: score every N-th frame only (a loaded machine)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="print the table of runs made on disjoint --sequences (their --json files) as one run")
     args = parser.parse_args(argv)
@@ -223,6 +303,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: no sequence folders with <n>.png + <n>_mask.png frames under {root} (see ../shared/data/README.md)")
         return 0
     config = {**PRODUCT_CONFIG, **parse_overrides(args.set)}
+    if args.compare_reference:
+        reference, model = make_engine(args.weights, args.threads, **{**config, "prune_k": 0, "share_prompts": False})
+        pruned = reference.with_config(prune_k=args.prune_k, share_prompts=True)
+        per_sequence = {}
+        for name, frames in sequences.items():
+            if len(frames) <= UNSCORED:
+                continue
+            per_sequence[name] = compare_sequence(reference, pruned, frames, args.every)
+            r = per_sequence[name]
+            log(f"{name}: {len(r['frames'])} frames, reference {np.mean(r['dice']['reference']):.3f}, pruned {np.mean(r['dice']['pruned']):.3f}, "
+                f"same {np.mean(r['same']):.2f}")
+        summary = print_comparison(per_sequence, model, args.prune_k, args.every)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1))
+        return 0
     engine, model = make_engine(args.weights, args.threads, **config)
     regraf = engine.with_config(regraf=RegrafConfig()) if args.regraf else None
     per_sequence, chosen = {}, Counter()

@@ -12,7 +12,12 @@ For each backbone (the one asked for, then the small one unless --no-small): ran
   sequential SamPredictor calls per candidate, one EMD per candidate).
 ratio = (encoder + overhead) / encoder, with medians over targets. speedup_vs_reference =
 reference overhead / P²SAM overhead (the part of the time the implementation controls).
-LAST line: ``ratio <x>`` for --backbone.
+Product retrieval rows (first): the product's ranges (1-5 positive x 1-3 negative parts) as the
+reference cascades them (every candidate through steps (a)-(c)) and pruned (every candidate scored
+after step (a), the best --prune-k refined, one decode per distinct point set), each with its
+ratio to one encoder pass. --device cuda runs it on a GPU with the encoder under bf16/fp16
+autocast (--dtype) and reports the masks' Dice to the float32 encoder's.
+LAST line: ``ratio <x>`` = pruned product retrieval for --backbone (``reference_ratio`` above it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor
 
-from models import P2SAMConfig, P2SAMEngine, build_sam
+from models import P2SAMConfig, P2SAMEngine, build_sam, load_model
 from models.uncertainty import SamplerConfig, sample
 
 from .reference_style import reference_segment
@@ -56,15 +61,106 @@ def _median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = False) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def real_case(folder: str, n_targets: int):
+    """Prior = the 3rd frame of a sequence folder (bench.quality's layout), targets = the next frames."""
+    from .common import read_mask, read_rgb
+    from .quality import PRIOR_INDEX, sequence_frames
+
+    frames = sequence_frames(folder)
+    if len(frames) < PRIOR_INDEX + 2:
+        raise SystemExit(f"{folder}: needs at least {PRIOR_INDEX + 2} frames (<n>.png + <n>_mask.png)")
+    targets = [read_rgb(f.image) for f in frames[PRIOR_INDEX + 1 : PRIOR_INDEX + 1 + n_targets]]
+    return read_rgb(frames[PRIOR_INDEX].image), read_mask(frames[PRIOR_INDEX].mask), targets
+
+
+def retrieval_rows(engine: P2SAMEngine, prior_img, prior_mask, targets, prune_k: int, dtype: str) -> dict:
+    """The product's retrieval (1-5 positive x 1-3 negative parts) on each target: the reference
+    (every candidate through the 3-step cascade, prompts as they come) and the pruned engine
+    (step (a) for all, the best ``prune_k`` refined, one decode per distinct point set), with the
+    encoder pass each needs; and, for a reduced-precision encoder, its masks against float32's."""
+    reference = engine.with_config(pos_range=(1, 5), neg_range=(1, 3), prune_k=0, share_prompts=False, encoder_dtype="float32")
+    pruned = reference.with_config(prune_k=prune_k, share_prompts=True, encoder_dtype=dtype)
+    prior = reference.set_prior(prior_img, prior_mask)
+    reference.segment(reference.encode(targets[0]), prior)  # warm-up
+    if dtype != "float32":
+        pruned.encode(targets[0])
+    out: dict[str, list] = {k: [] for k in ("encode", "encode_dtype", "reference", "pruned", "same_choice", "dice", "dtype_dice", "rows")}
+    stages: dict[str, dict[str, list]] = {"reference": {}, "pruned": {}}
+    dev = engine.device
+    for target in targets:
+        _sync(dev)
+        t = time.perf_counter()
+        enc = reference.encode(target)
+        _sync(dev)
+        out["encode"].append(time.perf_counter() - t)
+        enc_lo = enc
+        if dtype != "float32":
+            t = time.perf_counter()
+            enc_lo = pruned.encode(target)
+            _sync(dev)
+            out["encode_dtype"].append(time.perf_counter() - t)
+        for name, eng, e in (("reference", reference, enc), ("pruned", pruned, enc)):
+            _sync(dev)
+            t = time.perf_counter()
+            res = eng.segment(e, prior)
+            _sync(dev)
+            out[name].append(time.perf_counter() - t)
+            for k, v in res.timings.items():
+                stages[name].setdefault(k, []).append(v)
+            if name == "reference":
+                ref_res = res
+        same = (ref_res.best is not None and res.best is not None
+                and (ref_res.best.n_pos, ref_res.best.n_neg) == (res.best.n_pos, res.best.n_neg))
+        out["same_choice"].append(bool(same) or (ref_res.best is None and res.best is None))
+        inter = np.logical_and(ref_res.mask, res.mask).sum()
+        out["dice"].append(float(2 * inter / max(ref_res.mask.sum() + res.mask.sum(), 1)) if (ref_res.mask.any() or res.mask.any()) else 1.0)
+        out["rows"].append(sum(1 for c in res.candidates if c.shared_with is None))
+        if dtype != "float32":
+            lo = pruned.segment(enc_lo, prior)
+            inter = np.logical_and(lo.mask, res.mask).sum()
+            out["dtype_dice"].append(float(2 * inter / max(lo.mask.sum() + res.mask.sum(), 1)) if (lo.mask.any() or res.mask.any()) else 1.0)
+    enc_t = _median(out["encode"])
+    result = {
+        "prune_k": prune_k,
+        "candidates": len(ref_res.candidates),
+        "encode": enc_t,
+        "reference": _median(out["reference"]),
+        "pruned": _median(out["pruned"]),
+        "ratio_reference": (enc_t + _median(out["reference"])) / enc_t,
+        "ratio_pruned": (enc_t + _median(out["pruned"])) / enc_t,
+        "stages": {name: {k: _median(v) for k, v in st.items()} for name, st in stages.items()},
+        "same_choice": out["same_choice"],
+        "dice": out["dice"],
+        "distinct_prompt_sets": out["rows"],
+        "dtype": dtype,
+    }
+    if dtype != "float32":
+        e_lo = _median(out["encode_dtype"])
+        result.update(encode_dtype=e_lo, ratio_pruned_dtype=(e_lo + _median(out["pruned"])) / e_lo,
+                      dtype_dice=out["dtype_dice"])
+    return result
+
+
+def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = False, weights: str | None = None,
+            data: str | None = None, device: str = "cpu", prune_k: int = 3, dtype: str = "float32", full: bool = True) -> dict:
     torch.manual_seed(0)
-    sam = build_sam(backbone)
+    sam = load_model(weights, device=device).sam if weights else build_sam(backbone).to(device)
     engine = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 5), neg_range=(1, 1)))
     unbatched = engine.with_config(batched=False)
-    prior_img, prior_mask, targets = synthetic_case(image_size, n_targets)
+    prior_img, prior_mask, targets = real_case(data, n_targets) if data else synthetic_case(image_size, n_targets)
+    image_size = max(prior_img.shape[:2]) if data else image_size
     t = time.perf_counter()
     prior = engine.set_prior(prior_img, prior_mask)
     prior_time = time.perf_counter() - t
+    retrieval = retrieval_rows(engine, prior_img, prior_mask, targets, prune_k, dtype)
+    if not full:
+        return {"backbone": backbone, "weights": weights, "image_size": image_size, "grid": engine.grid, "prior_once": prior_time,
+                "retrieval": retrieval, "device": str(engine.device), "full": False}
     engine.segment(engine.encode(targets[0]), prior)  # warm-up (allocator, threads)
 
     rows: dict[str, list] = {k: [] for k in ("encode", "p2sam", "unbatched", "persam", "reference", "ref_encode",
@@ -107,6 +203,10 @@ def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = Fal
     over = {k: _median(rows[k]) for k in ("p2sam", "unbatched", "persam", "reference")}
     return {
         "backbone": backbone,
+        "weights": weights,
+        "device": str(engine.device),
+        "full": True,
+        "retrieval": retrieval,
         "image_size": image_size,
         "grid": engine.grid,
         "prior_once": prior_time,
@@ -124,9 +224,31 @@ def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = Fal
     }
 
 
+def print_retrieval(m: dict) -> None:
+    r = m["retrieval"]
+    print(f"product retrieval (1-5 pos x 1-3 neg = {r['candidates']} candidates), {m['device']}, per target:")
+    print(f"{'stage':<22}{'reference s':>14}{'pruned k=' + str(r['prune_k']) + ' s':>16}")
+    print(f"{'encoder (float32)':<22}{r['encode']:>14.4f}{r['encode']:>16.4f}")
+    for k in ("prompts", "decode", "prune", "transport", "postprocess", "total"):
+        a, b = r["stages"]["reference"].get(k), r["stages"]["pruned"].get(k)
+        fa = "-" if a is None else f"{a:.4f}"
+        fb = "-" if b is None else f"{b:.4f}"
+        print(f"{'  ' + k:<22}{fa:>14}{fb:>16}")
+    print(f"ratio (encoder + P²SAM) / encoder: reference {r['ratio_reference']:.3f}, pruned {r['ratio_pruned']:.3f}")
+    print(f"pruned vs reference: same chosen (n_pos, n_neg) {sum(r['same_choice'])}/{len(r['same_choice'])}, "
+          f"mask Dice {', '.join(f'{d:.4f}' for d in r['dice'])}; distinct prompt sets decoded {r['distinct_prompt_sets']}")
+    if r["dtype"] != "float32":
+        print(f"encoder autocast {r['dtype']}: {r['encode_dtype']:.4f} s per pass, ratio (pruned) {r['ratio_pruned_dtype']:.3f} "
+              f"(to its own encoder pass); mask Dice to the float32 encoder's: {', '.join(f'{d:.4f}' for d in r['dtype_dice'])}")
+
+
 def print_report(m: dict) -> None:
-    print(f"\n== {m['backbone']} (image {m['image_size']} px, grid {m['grid']}x{m['grid']}, random weights) ==")
+    print(f"\n== {m['backbone']} (image {m['image_size']} px, grid {m['grid']}x{m['grid']}, "
+          f"{'weights ' + m['weights'] if m.get('weights') else 'random weights'}) ==")
     print(f"prior set once per patient (encode + clustering): {m['prior_once']:.3f} s")
+    print_retrieval(m)
+    if not m.get("full", True):
+        return
     print(f"{'stage (P²SAM, batched, per target)':<40}{'seconds':>10}")
     print(f"{'encoder':<40}{m['encode']:>10.4f}")
     for k in ("prompts", "decode", "transport", "postprocess"):
@@ -153,23 +275,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, default=2, help="follow-up images timed (medians are reported)")
     parser.add_argument("--no-small", action="store_true", help="skip the small backbone")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--weights", default=None, help="load these weights (a bundled name such as kvasir or lite_medsam, or a file) instead of random ones")
+    parser.add_argument("--data", default=None, help="a sequence folder (<n>.png + <n>_mask.png): prior = 3rd frame, targets = the next frames (default: synthetic)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="encoder autocast for the pruned row (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--prune-k", type=int, default=3, help="candidates refined after step (a) in the pruned row")
+    parser.add_argument("--retrieval-only", action="store_true",
+                        help="only the product retrieval rows (reference vs pruned): skip the 1-5 x 1 rows, PerSAM, unbatched, reference-style loop, sampling")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"skipped: --device {args.device} but torch sees no CUDA device")
+        return 0
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    common = dict(device=args.device, prune_k=args.prune_k, dtype=dtype, full=not args.retrieval_only)
     results = []
     if not args.no_small and args.backbone != "small":
-        results.append(measure("small", 256, max(args.targets, 5), sampling=True))
-    results.append(measure(args.backbone, args.image_size, args.targets, sampling=args.backbone == "small"))
+        results.append(measure("small", 256, max(args.targets, 5), sampling=not args.retrieval_only, **common))
+    results.append(measure(args.backbone, args.image_size, args.targets, sampling=args.backbone == "small" and not args.retrieval_only,
+                           weights=args.weights, data=args.data, **common))
     for m in results:
         print_report(m)
     print()
     for m in results:
-        print(f"{m['backbone']}: ratio {m['ratio']['p2sam']:.3f}  persam_ratio {m['ratio']['persam']:.3f}  "
-              f"reference_ratio {m['ratio']['reference']:.3f}  speedup_vs_reference {m['speedup_vs_reference']:.2f}")
-    main_result = results[-1]
-    print(f"speedup_vs_reference {main_result['speedup_vs_reference']:.2f}")
-    print(f"ratio {main_result['ratio']['p2sam']:.3f}")
+        r = m["retrieval"]
+        line = f"{m['backbone']}: reference_ratio {r['ratio_reference']:.3f}  pruned_ratio {r['ratio_pruned']:.3f} (k={r['prune_k']})"
+        if m.get("full", True):
+            line += (f"  ratio_1-5x1 {m['ratio']['p2sam']:.3f}  persam_ratio {m['ratio']['persam']:.3f}  "
+                     f"reference_style_ratio {m['ratio']['reference']:.3f}  speedup_vs_reference_style {m['speedup_vs_reference']:.2f}")
+        print(line)
+    main_result = results[-1]["retrieval"]
+    print(f"reference_ratio {main_result['ratio_reference']:.3f}")
+    print(f"ratio {main_result['ratio_pruned']:.3f}")
     return 0
 
 

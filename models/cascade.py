@@ -7,10 +7,15 @@ and (c) use SAM's multimask output and keep the best predicted IoU when ``multim
 
 ``batched=True`` decodes all candidates in one decoder call per step; ``batched=False`` decodes
 them one by one (the reference's loop). Both give the same masks.
+
+Two ways to decode less (models/engine.py turns them on): candidates with the same prompt set
+share one decode (``share``), and a ``prune`` callback may keep only some candidates after step
+(a) for steps (b) and (c) (retrieval scores every candidate's step (a) mask, refines the best k).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +38,27 @@ class CascadeInput:
 
 @dataclass
 class CascadeOutput:
-    low_res: torch.Tensor  # B x 1 x 4g x 4g final logits
-    iou: torch.Tensor  # B predicted IoU of the final masks
-    boxes: list[np.ndarray | None]  # the step-(c) box per candidate, original pixels
+    low_res: torch.Tensor  # B x 1 x 4g x 4g final logits (step (a)'s for candidates not refined)
+    iou: torch.Tensor  # B predicted IoU of the final masks (step (a)'s where not refined)
+    boxes: list[np.ndarray | None]  # the step-(c) box per candidate, original pixels (None: not refined)
+    refined: list[bool] | None = None  # went through steps (b) and (c) (all, without pruning)
+    shared_with: list[int] | None = None  # index of the first candidate with the same prompts (itself if none)
+    decoded: int = 0  # distinct prompt sets decoded at step (a) (= decoder rows per step)
+
+
+# keep(step (a) logits U x 1 x 4g x 4g, their IoU U) -> indices (into those U) to refine
+Pruner = Callable[[torch.Tensor, torch.Tensor], Sequence[int]]
+
+
+def prompt_key(c: CascadeInput) -> bytes:
+    """Identity of a candidate's prompts: the set of (x, y, label) points (order does not change
+    SAM's decoder: its prompt tokens are permutation-equivariant) and the PerSAM bias, if any."""
+    pts = sorted(zip(np.asarray(c.points).reshape(-1, 2)[:, 0].tolist(), np.asarray(c.points).reshape(-1, 2)[:, 1].tolist(),
+                     np.asarray(c.labels).reshape(-1).tolist()))
+    key = repr(pts).encode()
+    if c.attn_sim is not None:
+        key += c.attn_sim.detach().float().cpu().numpy().tobytes()
+    return key
 
 
 def _pick(logits: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,40 +77,70 @@ def run_cascade(
     target_embedding: torch.Tensor | None = None,
     guidance: Guidance = "reference",
     batched: bool = True,
+    prune: Pruner | None = None,
+    share: bool = True,
 ) -> CascadeOutput:
-    """Decode every candidate through steps (a)-(c) on one encoded image (1 x 256 x g x g)."""
-    if not batched:
-        outs = [
-            run_cascade(sam, features, [one], input_size, original_size, multimask, target_embedding, guidance, True)
-            for one in inputs
-        ]
-        return CascadeOutput(
-            low_res=torch.cat([o.low_res for o in outs]),
-            iou=torch.cat([o.iou for o in outs]),
-            boxes=[o.boxes[0] for o in outs],
-        )
+    """Decode every candidate through steps (a)-(c) on one encoded image (1 x 256 x g x g).
+
+    ``share``: candidates with the same prompts (``prompt_key``) are decoded once and share the
+    result. ``prune``: called once with step (a)'s output of the distinct candidates; only the
+    ones it returns go on to steps (b) and (c) (the others keep their step (a) mask).
+    ``batched=False`` decodes the candidates one by one (the reference's loop), same results.
+    """
+    n = len(inputs)
+    owner = list(range(n))
+    if share:
+        first: dict[bytes, int] = {}
+        owner = [first.setdefault(prompt_key(c), i) for i, c in enumerate(inputs)]
+    uniq = sorted(set(owner))
+    row = {i: r for r, i in enumerate(uniq)}
+    todo = [inputs[i] for i in uniq]
+
     device = features.device
     transform = ResizeLongestSide(sam.image_encoder.img_size)
-    pts = [torch.as_tensor(transform.apply_coords(c.points.astype(np.float64), original_size), dtype=torch.float, device=device) for c in inputs]
-    labs = [torch.as_tensor(c.labels, dtype=torch.float, device=device) for c in inputs]
-    sims = [c.attn_sim for c in inputs]
-    attn_sim = None
-    if any(s is not None for s in sims):
-        attn_sim = torch.cat(sims, dim=0)  # B x 1 x 1 x g*g
+    pts = [torch.as_tensor(transform.apply_coords(c.points.astype(np.float64), original_size), dtype=torch.float, device=device) for c in todo]
+    labs = [torch.as_tensor(c.labels, dtype=torch.float, device=device) for c in todo]
+    sims = [c.attn_sim for c in todo]
+
+    def groups(idx: list[int]) -> list[list[int]]:
+        return [idx] if batched else [[i] for i in idx]
 
     # (a) points only, single mask, PerSAM guidance if any
-    prompts = encode_prompts(sam, pts, labs)
-    logits, iou = decode(sam, features, prompts, multimask=False, attn_sim=attn_sim, target_embedding=target_embedding, guidance=guidance)
-    # (b) + previous logits as mask prompt
-    prompts = encode_prompts(sam, pts, labs, mask_inputs=logits)
-    logits, iou = _pick(*decode(sam, features, prompts, multimask=multimask))
-    # (c) + box of the (b) mask at the original size
-    full = upscale_logits(sam, logits, input_size, original_size)[:, 0] > sam.mask_threshold
-    boxes = [box_of(m) for m in full]
-    box_in = [
-        torch.as_tensor(transform.apply_boxes(b[None], original_size)[0], dtype=torch.float, device=device) if b is not None else None
-        for b in boxes
-    ]
-    prompts = encode_prompts(sam, pts, labs, boxes=box_in, mask_inputs=logits)
-    logits, iou = _pick(*decode(sam, features, prompts, multimask=multimask))
-    return CascadeOutput(low_res=logits, iou=iou, boxes=boxes)
+    a_logits, a_iou = [], []
+    for g in groups(list(range(len(todo)))):
+        attn_sim = torch.cat([sims[i] for i in g], dim=0) if any(sims[i] is not None for i in g) else None  # B x 1 x 1 x g*g
+        prompts = encode_prompts(sam, [pts[i] for i in g], [labs[i] for i in g])
+        lg, io = decode(sam, features, prompts, multimask=False, attn_sim=attn_sim, target_embedding=target_embedding, guidance=guidance)
+        a_logits.append(lg)
+        a_iou.append(io)
+    a_logits, a_iou = torch.cat(a_logits), torch.cat(a_iou)
+
+    keep = list(range(len(todo))) if prune is None else sorted(set(int(i) for i in prune(a_logits, a_iou[:, 0])))
+    out_logits, out_iou = a_logits.clone(), a_iou[:, 0].clone()
+    out_boxes: list[np.ndarray | None] = [None] * len(todo)
+    for g in groups(keep) if keep else []:
+        gp, gl = [pts[i] for i in g], [labs[i] for i in g]
+        # (b) + previous logits as mask prompt
+        logits = a_logits[g]
+        logits, iou = _pick(*decode(sam, features, encode_prompts(sam, gp, gl, mask_inputs=logits), multimask=multimask))
+        # (c) + box of the (b) mask at the original size
+        full = upscale_logits(sam, logits, input_size, original_size)[:, 0] > sam.mask_threshold
+        boxes = [box_of(m) for m in full]
+        box_in = [
+            torch.as_tensor(transform.apply_boxes(b[None], original_size)[0], dtype=torch.float, device=device) if b is not None else None
+            for b in boxes
+        ]
+        logits, iou = _pick(*decode(sam, features, encode_prompts(sam, gp, gl, boxes=box_in, mask_inputs=logits), multimask=multimask))
+        out_logits[g], out_iou[g] = logits, iou
+        for i, b in zip(g, boxes):
+            out_boxes[i] = b
+    kept = set(keep)
+    rows = [row[o] for o in owner]
+    return CascadeOutput(
+        low_res=out_logits[rows],
+        iou=out_iou[rows],
+        boxes=[out_boxes[r] for r in rows],
+        refined=[r in kept for r in rows],
+        shared_with=owner,
+        decoded=len(todo),
+    )

@@ -20,8 +20,9 @@ Shapes: ``B`` candidates, ``T`` sparse tokens, ``g`` the embedding grid, low-res
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from segment_anything.modeling import Sam
@@ -90,9 +91,23 @@ def _attend(
     guidance: Guidance = "reference",
 ) -> torch.Tensor:
     """``segment_anything`` Attention with an additive key bias and PerSAM's location bias."""
-    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
-    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
-    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+    return _attend_projected(attn, attn.q_proj(q), attn.k_proj(k), attn.v_proj(v), key_bias, attn_sim, guidance)
+
+
+def _attend_projected(
+    attn: Attention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None = None,
+    attn_sim: torch.Tensor | None = None,
+    guidance: Guidance = "reference",
+) -> torch.Tensor:
+    """``_attend`` on already projected q, k, v (B x N x C'); a batch of 1 is broadcast to the others'."""
+    b = max(q.shape[0], k.shape[0])
+    q = attn._separate_heads(q, attn.num_heads).expand(b, -1, -1, -1)
+    k = attn._separate_heads(k, attn.num_heads).expand(b, -1, -1, -1)
+    v = attn._separate_heads(v, attn.num_heads).expand(b, -1, -1, -1)
     if attn_sim is None:  # fused kernel; same maths as segment-anything's explicit softmax
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
         return attn.out_proj(attn._recombine_heads(out))
@@ -135,8 +150,9 @@ def decode(
     if chunk_tokens is None and image_embedding.device.type == "cpu":
         chunk_tokens = CPU_CHUNK_TOKENS
     step = b if chunk_tokens is None else max(1, chunk_tokens // g_tokens)
+    cache: dict = {}  # image-side work shared by every chunk (see ``_decode``)
     if step >= b:
-        return _decode(sam, image_embedding, prompts, multimask, attn_sim, target_embedding, guidance)
+        return _decode(sam, image_embedding, prompts, multimask, attn_sim, target_embedding, guidance, cache)
     outs = []
     for i in range(0, b, step):
         part = PromptBatch(
@@ -145,7 +161,7 @@ def decode(
             dense=prompts.dense[i : i + step],
         )
         sim = attn_sim[i : i + step] if attn_sim is not None and attn_sim.shape[0] == b > 1 else attn_sim
-        outs.append(_decode(sam, image_embedding, part, multimask, sim, target_embedding, guidance))
+        outs.append(_decode(sam, image_embedding, part, multimask, sim, target_embedding, guidance, cache))
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
@@ -157,7 +173,13 @@ def _decode(
     attn_sim: torch.Tensor | None,
     target_embedding: torch.Tensor | None,
     guidance: Guidance,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoder pass. When every candidate has the same dense prompt (no mask prompt: SAM's
+    no-mask embedding, e.g. cascade step (a)) and the image is one embedding, the image side is
+    the same for all of them until the first image-to-token attention: its projections (the
+    first layer's image keys, values and queries) are computed once, for one row, and broadcast
+    (``cache`` carries them across chunks of one ``decode`` call). Same numbers, less work."""
     md = sam.mask_decoder
     tr = md.transformer
     b = prompts.sparse.shape[0]
@@ -170,9 +192,14 @@ def _decode(
         pad = torch.cat([torch.zeros((b, n_out), dtype=torch.bool, device=tokens.device), prompts.key_padding], dim=1)
         key_bias = torch.zeros(pad.shape, device=tokens.device).masked_fill(pad, float("-inf"))[:, None, None, :]
 
-    src = image_embedding + prompts.dense  # broadcasts 1 -> B
-    if src.shape[0] != b:
-        src = src.expand(b, -1, -1, -1)
+    dense = prompts.dense
+    shared = image_embedding.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0)
+    if shared:  # one dense prompt for all: keep one image-side row until it diverges
+        src = image_embedding + dense[:1]
+    else:
+        src = image_embedding + dense  # broadcasts 1 -> B
+        if src.shape[0] != b:
+            src = src.expand(b, -1, -1, -1)
     h, w = src.shape[2:]
     keys = src.flatten(2).transpose(1, 2).contiguous()  # B x HW x C, laid out once for every projection
     key_pe = _dense_pe(sam)
@@ -193,12 +220,25 @@ def _decode(
         queries = layer.norm1(queries)
         # tokens attend to the image (PerSAM's location bias applies here)
         q = queries + point_pe
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if keys.shape[0] == 1 and b > 1:  # shared image side (first layer, one dense prompt)
+            if cache is None or "image_side" not in cache:
+                k = keys + key_pe
+                projected = (t2i.k_proj(k), t2i.v_proj(keys), i2t.q_proj(k))
+                if cache is not None:
+                    cache["image_side"] = projected
+            img_k, img_v, img_q = projected if cache is None else cache["image_side"]
+            queries = layer.norm2(queries + _attend_projected(t2i, t2i.q_proj(q), img_k, img_v, None, attn_sim, guidance))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            q = queries + point_pe
+            keys = layer.norm4(keys + _attend_projected(i2t, img_q, i2t.k_proj(q), i2t.v_proj(queries), key_bias))
+            continue
         k = keys + key_pe  # the image side is unchanged until norm4: used by both attentions
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, q, k, keys, None, attn_sim, guidance))
+        queries = layer.norm2(queries + _attend(t2i, q, k, keys, None, attn_sim, guidance))
         queries = layer.norm3(queries + layer.mlp(queries))
         # image attends to the tokens (tokens are keys: mask padding)
         q = queries + point_pe
-        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, q, queries, key_bias))
+        keys = layer.norm4(keys + _attend(i2t, k, q, queries, key_bias))
     q = queries + point_pe
     if target_embedding is not None:
         q = q + target_embedding
@@ -206,7 +246,7 @@ def _decode(
     queries = tr.norm_final_attn(queries + _attend(tr.final_attn_token_to_image, q, k, keys))
 
     iou_token_out = queries[:, 0, :]
-    wanted = range(1, md.num_mask_tokens) if multimask else range(0, 1)
+    wanted = range(1, md.num_mask_tokens) if multimask else range(1)
     hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in wanted], dim=1)
     masks = _upscale_and_project(md.output_upscaling, keys, hyper, h, w)
     iou = md.iou_prediction_head(iou_token_out)[:, list(wanted)]

@@ -17,6 +17,7 @@ prompt on the target, scaled to the target's size: what a MedSAM user does by ha
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -59,6 +60,9 @@ class P2SAMConfig:
     guidance: Guidance = "reference"  # PerSAM attention bias after (reference) or before (paper) softmax
     direct_candidate: bool = False  # also offer the no-prompt prediction to retrieval
     batched: bool = True  # one decoder call per cascade step for all candidates
+    prune_k: int = 0  # retrieval: score every candidate after cascade step (a), refine only the best k; 0: all (reference)
+    share_prompts: bool = False  # a point repeated in a candidate is given once; candidates with the same points share one decode
+    encoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast for the image encoder only (GPU path)
     regraf: RegrafConfig | None = None  # ReGRAF prompt refinement of the chosen candidate (off by default)
 
     @property
@@ -117,6 +121,9 @@ class Candidate:
     area: float = 0.0  # fraction of the image inside the candidate mask
     score: float = math.inf  # retrieval score (= distance unless P2SAMConfig.size_weight > 0)
     box: np.ndarray | None = None  # step-(c) box (x0, y0, x1, y1), original pixels
+    refined: bool = True  # went through cascade steps (b), (c); False: pruned after step (a), its mask/score are step (a)'s
+    shared_with: int | None = None  # index of an earlier candidate with the same point set (one decode for both)
+    step_a_score: float | None = None  # retrieval score of the step (a) mask (when pruning)
     unrefined_points: np.ndarray | None = None  # the points before ReGRAF refinement, if it ran
 
     def to_dict(self) -> dict:
@@ -132,6 +139,9 @@ class Candidate:
             "score": None if math.isinf(self.score) else self.score,
             "box": None if self.box is None else self.box.tolist(),
             "unrefined_points": None if self.unrefined_points is None else self.unrefined_points.tolist(),
+            "refined": self.refined,
+            "shared_with": self.shared_with,
+            "step_a_score": None if self.step_a_score is None or math.isinf(self.step_a_score) else self.step_a_score,
         }
 
 
@@ -178,6 +188,17 @@ def prior_box_on(prior: Prior, size: tuple[int, int]) -> np.ndarray:
     return np.array([x0 * w / pw, y0 * h / ph, (x1 + 1) * w / pw - 1, (y1 + 1) * h / ph - 1], dtype=np.float64)
 
 
+def unique_points(points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points (N x 2) and labels (N) with repeated (x, y, label) triples dropped, first kept."""
+    seen, keep = set(), []
+    for i, (p, lab) in enumerate(zip(points.tolist(), labels.tolist())):
+        key = (p[0], p[1], lab)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return points[keep], labels[keep]
+
+
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """Validate an image and return it as H x W x 3 uint8."""
     image = np.asarray(image)
@@ -206,17 +227,82 @@ class P2SAMEngine:
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> EncodedImage:
-        image = as_rgb(image)
-        resized = self.transform.apply_image(image)
-        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        return self.encode_batch([image])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, images: list[np.ndarray]) -> list[EncodedImage]:
+        """Encode several images in one encoder call (they must have one size, e.g. the slices of a
+        volume); the same features as ``encode`` one by one (up to float rounding)."""
+        if not len(images):
+            return []
+        images = [as_rgb(im) for im in images]
+        if len({im.shape for im in images}) != 1:
+            raise EngineInputError(f"encode_batch needs images of one size, got {sorted({im.shape for im in images})}")
+        resized = [self.transform.apply_image(im) for im in images]
+        x = torch.as_tensor(np.stack(resized), device=self.device).permute(0, 3, 1, 2).contiguous()
         retrieval = None
-        if self.config.retrieval_layer:
-            with capture(self.sam.image_encoder, self.config.retrieval_layer) as layer:
+        with self._encoder_autocast():
+            if self.config.retrieval_layer:
+                with capture(self.sam.image_encoder, self.config.retrieval_layer) as layer:
+                    features = self.sam.image_encoder(self.sam.preprocess(x))
+                retrieval = combine(features.float(), layer["out"].float())
+            else:
                 features = self.sam.image_encoder(self.sam.preprocess(x))
-            retrieval = combine(features, layer["out"])
-        else:
-            features = self.sam.image_encoder(self.sam.preprocess(x))
-        return EncodedImage(features=features, original_size=tuple(image.shape[:2]), input_size=tuple(resized.shape[:2]), retrieval=retrieval)
+        features = features.float()  # the decoder, clustering and transport stay float32
+        size, input_size = tuple(images[0].shape[:2]), tuple(resized[0].shape[:2])
+        return [
+            EncodedImage(features=features[i : i + 1], original_size=size, input_size=input_size,
+                         retrieval=None if retrieval is None else retrieval[i : i + 1])
+            for i in range(len(images))
+        ]
+
+    MAX_ENCODE_BATCH = 32
+
+    def encode_batch_size(self, budget_mb: int) -> int:
+        """Images per ``encode_batch`` call that fit ``budget_mb`` of encoder memory (1 .. 32; 1
+        when the budget is 0). One image's memory is measured once per model: on a GPU the peak
+        allocated by one encoder pass, on a CPU the sum of every encoder layer's output for one
+        image (an over-estimate: inference frees most of them as it goes)."""
+        if budget_mb <= 0:
+            return 1
+        per_image = getattr(self.sam, "_p2sam_encode_bytes", None)
+        if per_image is None:
+            per_image = self._measure_encoder_bytes()
+            self.sam._p2sam_encode_bytes = per_image
+        return int(max(1, min(self.MAX_ENCODE_BATCH, budget_mb * 2**20 // max(per_image, 1))))
+
+    @torch.inference_mode()
+    def _measure_encoder_bytes(self) -> int:
+        size = self.sam.image_encoder.img_size
+        x = torch.zeros((1, 3, size, size), device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            with self._encoder_autocast():
+                self.sam.image_encoder(self.sam.preprocess(x))
+            return int(torch.cuda.max_memory_allocated(self.device) - base)
+        total = [0]
+
+        def count(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                total[0] += output.numel() * output.element_size()
+
+        hooks = [m.register_forward_hook(count) for m in self.sam.image_encoder.modules() if not list(m.children())]
+        try:
+            with self._encoder_autocast():
+                self.sam.image_encoder(self.sam.preprocess(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        return max(total[0], 1)
+
+    def _encoder_autocast(self):
+        """Autocast for the image encoder when ``encoder_dtype`` asks for it (bf16/fp16 on a GPU)."""
+        dtype = self.config.encoder_dtype
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=getattr(torch, dtype))
 
     @torch.inference_mode()
     def set_prior(self, image: np.ndarray | EncodedImage, mask: np.ndarray) -> Prior:
@@ -287,6 +373,9 @@ class P2SAMEngine:
             cands, inputs = self._prompts(enc, prior, specs, argmin_negative=guided, guided=guided)
         timings["prompts"] = time.perf_counter() - t
 
+        prune, pruning = None, {}
+        if method == "p2sam" and cfg.prune_k > 0:  # (k >= candidates: all refined, step (a) scores still reported)
+            prune = self._pruner(enc, prior, pruning)
         t = time.perf_counter()
         if method == "direct":
             low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
@@ -299,31 +388,30 @@ class P2SAMEngine:
             out = run_cascade(
                 self.sam, enc.features, inputs, enc.input_size, enc.original_size,
                 multimask=cfg.multimask, target_embedding=target_embedding, guidance=cfg.guidance, batched=cfg.batched,
+                prune=prune, share=cfg.share_prompts,
             )
             low_res, iou = out.low_res, out.iou.reshape(-1, 1)
-            for cand, box in zip(cands, out.boxes):
-                cand.box = box
+            for i, (cand, box, refined, owner) in enumerate(zip(cands, out.boxes, out.refined, out.shared_with)):
+                cand.box, cand.refined = box, refined
+                cand.shared_with = None if owner == i else owner
+            if prune is not None:  # step (a) scores are per distinct prompt set, in order of first occurrence
+                rows = {o: r for r, o in enumerate(sorted(set(out.shared_with)))}
+                for cand, owner in zip(cands, out.shared_with):
+                    cand.step_a_score = pruning["scores"][rows[owner]]
+                timings["prune"] = pruning["seconds"]
             if method == "p2sam" and cfg.direct_candidate:
                 d_low, d_iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
                 cands.append(Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64)))
                 low_res, iou = torch.cat([low_res, d_low]), torch.cat([iou, d_iou])
-        timings["decode"] = time.perf_counter() - t
+        timings["decode"] = time.perf_counter() - t - timings.get("prune", 0.0)  # the step (a) scoring is "prune"
 
         t = time.perf_counter()
-        on_grid = logits_on_grid(low_res, self.grid) > 0
-        reference = prior.fg_features if prior is not None else None
-        target_feats = enc.features[0].permute(1, 2, 0)
-        if prior is not None and prior.fg_retrieval is not None and enc.retrieval is not None:
-            reference, target_feats = prior.fg_retrieval, enc.retrieval[0].permute(1, 2, 0)
-        seen: dict[bytes, float] = {}  # candidates whose masks cover the same cells share one OT solve
+        distances, cells = self._transport(low_res, enc, prior, pruning.setdefault("seen", {}))
         for i, cand in enumerate(cands):
             cand.iou_pred = float(iou[i, 0])
-            cand.cells = int(on_grid[i].sum())
+            cand.cells = cells[i]
             if prior is not None:
-                key = on_grid[i].cpu().numpy().tobytes()
-                if key not in seen:
-                    seen[key] = wasserstein(reference, target_feats[on_grid[i]], cfg.cost)
-                cand.distance = seen[key]
+                cand.distance = distances[i]
         timings["transport"] = time.perf_counter() - t
 
         if method == "p2sam":
@@ -335,7 +423,8 @@ class P2SAMEngine:
                     cand.area = area
             for cand, score in zip(cands, scores):
                 cand.score = score
-            chosen = pick_best(scores)
+            # pruned candidates report their step (a) score but are not chosen (reference: all are refined)
+            chosen = pick_best([sc if c.refined else math.inf for c, sc in zip(cands, scores)])
         else:
             chosen = 0 if cands[0].cells > 0 or method in ("direct", "box") else None
         if cfg.regraf is not None and method not in ("direct", "box") and chosen is not None and chosen < len(inputs):
@@ -359,6 +448,43 @@ class P2SAMEngine:
             method=method, mask=mask, logits=logits, found=found, chosen=chosen if found else None,
             candidates=cands, candidate_logits=low_res, timings=timings, warnings=warnings,
         )
+
+    def _transport(self, low_res: torch.Tensor, enc: EncodedImage, prior: Prior | None, seen: dict[bytes, float]) -> tuple[list[float], list[int]]:
+        """W of each candidate mask (B x 1 x 4g x 4g logits, > 0 on the grid) to the prior's
+        foreground features, and its cells; masks covering the same cells share one OT solve
+        (``seen``, kept across the pruning and the final pass)."""
+        on_grid = logits_on_grid(low_res, self.grid) > 0
+        cells = on_grid.flatten(1).sum(1).tolist()
+        if prior is None:
+            return [math.inf] * len(cells), cells
+        reference, target_feats = prior.fg_features, enc.features[0].permute(1, 2, 0)
+        if prior.fg_retrieval is not None and enc.retrieval is not None:
+            reference, target_feats = prior.fg_retrieval, enc.retrieval[0].permute(1, 2, 0)
+        out = []
+        for i in range(len(cells)):
+            key = on_grid[i].cpu().numpy().tobytes()
+            if key not in seen:
+                seen[key] = wasserstein(reference, target_feats[on_grid[i]], self.config.cost)
+            out.append(seen[key])
+        return out, cells
+
+    def _pruner(self, enc: EncodedImage, prior: Prior, state: dict):
+        """The cascade's prune callback: retrieval scores of the step (a) masks (the same score as
+        the final choice: W, or the size-aware score), the best ``prune_k`` go on (ties: fewer parts)."""
+        cfg = self.config
+
+        def keep(logits: torch.Tensor, iou: torch.Tensor) -> list[int]:
+            t = time.perf_counter()
+            scores, _ = self._transport(logits, enc, prior, state.setdefault("seen", {}))
+            if cfg.size_weight > 0:
+                areas = mask_area_fraction(logits, enc.input_size, self.sam.image_encoder.img_size)
+                scores = size_aware_scores(scores, areas, prior.area, cfg.size_weight)
+            order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+            state["scores"] = scores
+            state["seconds"] = time.perf_counter() - t
+            return order[: cfg.prune_k]
+
+        return keep
 
     def _specs(self, prior: Prior, method: Method, n_pos: int | None, n_neg: int | None) -> list[tuple[int, int]]:
         """(n_pos, n_neg) pairs to try, in retrieval order (fewer parts first)."""
@@ -409,6 +535,8 @@ class P2SAMEngine:
                 neg_xy = group(("neg", n_neg))[1] if n_neg else np.zeros((0, 2), np.int64)
             points = np.concatenate([pos_xy, neg_xy])
             labels = np.concatenate([np.ones(len(pos_xy), np.int64), np.zeros(len(neg_xy), np.int64)])
+            if self.config.share_prompts:  # two parts' peaks on one pixel: one point (the set is the prompt)
+                points, labels = unique_points(points, labels)
             attn_sim = self._attention_bias(mean_map[0]) if guided else None
             cands.append(Candidate(n_pos, len(neg_xy), points, labels))
             inputs.append(CascadeInput(points=points, labels=labels, attn_sim=attn_sim))

@@ -65,8 +65,13 @@ def segment_followup(
     sampler: SamplerConfig | None = None,
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    encode_batch_mb: int = 0,
 ) -> FollowupResult:
-    """Segment the prior's structure on every follow-up slice that should contain it."""
+    """Segment the prior's structure on every follow-up slice that should contain it.
+
+    Follow-up slices are encoded in batches (one encoder call for B slices, B from
+    ``encode_batch_mb``, see ``P2SAMEngine.encode_batch_size``; 0: one at a time); the prior
+    slices' encodings come from the pool's cache."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     if prior.is_rgb != target.is_rgb:
@@ -87,14 +92,30 @@ def segment_followup(
     results: list[SliceResult] = []
     expected = set(slices["expected"])
     t_seg = time.perf_counter()
+    batch = engine.encode_batch_size(encode_batch_mb) if len(slices["all"]) > 1 else 1
+    encoded: dict[int, Any] = {}
+    t_enc = 0.0
+    # prior slices not cached yet: encoded in batches too, once each
+    prior_zs = sorted({correspondence[z] for z in slices["all"]})
+    prior_imgs = {pz: imaging.to_model_input(prior, pz, window) for pz in prior_zs}
+    todo = [pz for pz in prior_zs if not pool.has_prior(model_name, engine, prior_imgs[pz], prior_mask[pz]) and prior_mask[pz].any()]
+    t = time.perf_counter()
+    for j in range(0, len(todo), batch):
+        chunk = todo[j : j + batch]
+        for pz, enc in zip(chunk, engine.encode_batch([prior_imgs[pz] for pz in chunk])):
+            pool.prior(model_name, engine, prior_imgs[pz], prior_mask[pz], encoded=enc)
+    timings["encode_prior"] = time.perf_counter() - t
     for i, z in enumerate(slices["all"]):
         if is_cancelled is not None and is_cancelled():
             raise JobCancelled()
+        if z not in encoded:  # the next B slices in one encoder call
+            t = time.perf_counter()
+            chunk = slices["all"][i : i + batch]
+            encoded = dict(zip(chunk, engine.encode_batch([imaging.to_model_input(target, zz, window) for zz in chunk])))
+            t_enc += time.perf_counter() - t
         pz = correspondence[z]
-        prior_img = imaging.to_model_input(prior, pz, window)
-        engine_prior = pool.prior(model_name, engine, prior_img, prior_mask[pz])
-        target_img = imaging.to_model_input(target, z, window)
-        enc = engine.encode(target_img)
+        engine_prior = pool.prior(model_name, engine, prior_imgs[pz], prior_mask[pz])
+        enc = encoded.pop(z)
         seg = engine.segment(enc, engine_prior, method=method)
         mask[z] = seg.mask
         probability[z] = 1.0 / (1.0 + np.exp(-np.clip(seg.logits, -30, 30)))
@@ -108,6 +129,9 @@ def segment_followup(
         if progress is not None:
             progress((i + 1) / max(len(slices["all"]), 1), f"slice {i + 1}/{len(slices['all'])}")
     timings["segmentation"] = time.perf_counter() - t_seg
+    timings["encode_followup"] = t_enc
+    timings["encode_batch"] = batch
+    timings["slices_per_s"] = len(results) / timings["segmentation"] if results and timings["segmentation"] > 0 else 0.0
     missing = [r.z for r in results if r.expected and not r.segmentation.found]
     if missing:
         warnings.append(f"structure not found on {len(missing)} slice(s) where registration expected it: {missing}")

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class ModelPool:
             if name not in self._models:
                 path = self.files().get(name) or Path(name)
                 loaded = load_model(path, device=self.device, allow_pickle=self.settings.allow_pickled_checkpoints)
-                engine = P2SAMEngine(loaded.sam, engine_config(loaded.card))
+                engine = P2SAMEngine(loaded.sam, replace(engine_config(loaded.card), **engine_settings(self.settings)))
                 self._models[name] = (loaded, engine)
                 log.info("loaded model %s (%s, sha256 %s) on %s", name, loaded.backbone, loaded.sha256[:12], self.device)
             return self._models[name]
@@ -104,15 +105,23 @@ class ModelPool:
                 self._latents[name] = head
             return self._latents[name]
 
-    def prior(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray) -> Prior:
-        """The engine's prior for this slice + mask, from the cache when seen before."""
+    def _prior_key(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray) -> tuple:
         digest = hashlib.sha256(image.tobytes() + np.packbits(mask).tobytes() + str(image.shape).encode()).hexdigest()
-        key = (name, digest, engine.config)
+        return (name, digest, engine.config)
+
+    def has_prior(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray) -> bool:
+        with self._lock:
+            return self._prior_key(name, engine, image, mask) in self._priors
+
+    def prior(self, name: str, engine: P2SAMEngine, image: np.ndarray, mask: np.ndarray, encoded=None) -> Prior:
+        """The engine's prior for this slice + mask, from the cache when seen before (``encoded``:
+        the slice's ``EncodedImage`` when the caller already has it, e.g. from a batch)."""
+        key = self._prior_key(name, engine, image, mask)
         with self._lock:
             if key in self._priors:
                 self._priors.move_to_end(key)
                 return self._priors[key]
-        prior = engine.set_prior(image, mask)
+        prior = engine.set_prior(image if encoded is None else encoded, mask)
         with self._lock:
             self._priors[key] = prior
             while len(self._priors) > max(1, self.settings.prior_cache_size):
@@ -133,6 +142,11 @@ def engine_config(card: dict[str, Any]) -> P2SAMConfig:
             rec[key] = tuple(rec[key])
     allowed = set(P2SAMConfig.__dataclass_fields__)
     return P2SAMConfig(**{k: v for k, v in rec.items() if k in allowed})
+
+
+def engine_settings(settings: Settings) -> dict[str, Any]:
+    """Engine fields the service settings decide (P2SAM_PRUNE_K, P2SAM_SHARE_PROMPTS, P2SAM_ENCODER_DTYPE)."""
+    return {"prune_k": settings.prune_k, "share_prompts": settings.share_prompts, "encoder_dtype": settings.encoder_dtype}
 
 
 def sampler_config(card: dict[str, Any], kind: str, k: int) -> SamplerConfig:

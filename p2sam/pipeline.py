@@ -134,6 +134,7 @@ def run_job(
             sampler=sampler,
             progress=lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
             is_cancelled=is_cancelled,
+            encode_batch_mb=settings.encode_batch_mb,
         )
         result.warnings[:0] = job_warnings
         report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")

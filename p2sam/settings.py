@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     slice_margin: int = Field(1, ge=0, le=10, description="Follow-up slices beyond the registered prior structure that are also segmented.")
     n_samples: int = Field(16, ge=0, le=64, description="Uncertainty samples per target by default.")
     window: str = Field("default", description="CT window preset: default ([-910, 590] HU), lung, soft_tissue, or 'lo,hi'.")
+    prune_k: int = Field(0, ge=0, le=64, description="P²SAM retrieval: every candidate is scored after cascade step (a) and only the best k are refined by steps (b), (c); 0 (default, the reference): every candidate fully cascaded. Pruning is off until bench.quality --compare-reference has measured it on this model.")
+    share_prompts: bool = Field(False, description="A point repeated in a candidate's prompt (two parts' peaks on one pixel) is given once, and candidates with the same point set share one decode; false (default, the reference): prompts as they come.")
+    encode_batch_mb: int = Field(1024, ge=0, description="Memory budget (MB) for encoding a volume's follow-up slices in batches (one encoder call for B slices, B from this budget); 0: one slice at a time.")
+    encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Autocast dtype for the image encoder (GPU path; the decoder stays float32): float32, bfloat16 or float16.")
     min_island_mm2: float = Field(2.0, ge=0, description="Contour islands smaller than this (mm^2) are dropped from RTSTRUCTs.")
 
     # --- the API

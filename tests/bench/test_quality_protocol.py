@@ -130,3 +130,21 @@ def test_uncertainty_bench_one_row_per_sampler_setting(fake_cvc, tmp_path, capsy
     data = json.loads(out.read_text())
     assert set(data["samplers"]) == {"prompt_noise(scale=0.2)", "prompt_noise(scale=0.4)", "retrieval(tau=0.05)"}
     assert data["frames"] == 3  # seqA: 11, 12; seqB: one scored frame; "short": none
+
+
+def test_compare_reference_scores_pruned_against_the_reference(fake_cvc, tmp_path, capsys):
+    root, weights = fake_cvc
+    out = tmp_path / "c.json"
+    argv = ["--data", str(root), "--weights", str(weights), "--json", str(out), "--set", "pos_range=(1,3)", "neg_range=(1,2)",
+            "--threads", "1", "--compare-reference", "--prune-k", "6"]
+    assert quality.main(argv) == 0
+    text = capsys.readouterr().out
+    lines = text.strip().splitlines()
+    assert lines[-1].startswith("dice_diff_points ") and lines[-2].startswith("same_choice ")
+    data = json.loads(out.read_text())
+    assert data["frames"] == 3 and 0.0 <= data["same_choice"] <= 1.0  # seqA 2 + seqB 1 scored frames
+    assert 0.0 <= data["pruned"] <= 1.0 and data["seconds_per_target"]["pruned"] > 0
+    # derived for every k: keeping all 6 is the reference's own choice on every frame
+    derived = {line.split("|")[1].strip(): line for line in lines if line.startswith("| k=")}
+    assert set(derived) == {f"k={k}" for k in range(1, 7)}
+    assert "100.0%" in derived["k=6"]

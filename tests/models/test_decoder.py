@@ -88,3 +88,31 @@ def test_positional_encoding_cache_follows_new_weights():
     reference, _ = sam.mask_decoder(features, sam.prompt_encoder.get_dense_pe(), sparse, dense, False)
     assert not torch.allclose(before, after, atol=1e-3)
     assert torch.allclose(after, reference, atol=1e-4)
+
+
+def test_shared_image_side_equals_materialised_dense_prompt():
+    """Step (a) (no mask prompt) computes the first layer's image-side projections once for all
+    candidates; the answer is the one of a batch whose dense prompts are separate copies, for a
+    whole batch, a chunked one and with PerSAM guidance."""
+    from models.decoder import PromptBatch
+
+    sam, features = _setup()
+    gen = torch.Generator().manual_seed(7)
+    pts = [torch.rand(n, 2, generator=gen) * 64 for n in (1, 3, 2, 4)]
+    labs = [torch.tensor([1.0] * (len(p) - 1) + [0.0]) for p in pts]
+    shared = encode_prompts(sam, pts, labs)
+    assert shared.dense.stride(0) == 0  # one no-mask embedding, broadcast
+    copies = PromptBatch(sparse=shared.sparse, key_padding=shared.key_padding, dense=shared.dense.contiguous().clone())
+    bias = torch.rand(4, 1, 1, 64, generator=gen)
+    for kwargs in ({}, {"chunk_tokens": 128}, {"attn_sim": bias}):
+        a, iou_a = decode(sam, features, shared, **kwargs)
+        b, iou_b = decode(sam, features, copies, **kwargs)
+        assert torch.allclose(a, b, atol=1e-4) and torch.allclose(iou_a, iou_b, atol=1e-5), kwargs
+    # and the shared path really is different code: one row of image-side work, not four
+    calls = []
+    hook = sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.register_forward_hook(
+        lambda m, i, o: calls.append(o.shape[0]))
+    decode(sam, features, shared)
+    decode(sam, features, copies)
+    hook.remove()
+    assert calls == [1, 4]
