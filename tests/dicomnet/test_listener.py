@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def storescu(port: int, calling: str, *paths: Path, called: str = "P2SAM") -> subprocess.CompletedProcess:
-    exe = shutil.which("storescu")
+    exe = shutil.which("storescu", path="/usr/bin:/usr/local/bin:/bin")  # dcmtk, not pynetdicom's venv script of that name
     if exe is None:
         pytest.skip("storescu is not installed (apt-get install dcmtk; .ci/run does it)")
     return subprocess.run([exe, "-aet", calling, "-aec", called, "-ta", "10", "+sd", "+r", "-nh", "127.0.0.1", str(port),

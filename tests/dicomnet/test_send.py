@@ -174,7 +174,7 @@ PresentationContexts = ImagesAndSeg
 @pytest.fixture
 def strict_scp(tmp_path):
     """dcmtk's storescp accepting CT images and SEGs only (a viewer that takes no RTSTRUCT)."""
-    exe = shutil.which("storescp")
+    exe = shutil.which("storescp", path="/usr/bin:/usr/local/bin:/bin")  # dcmtk, not pynetdicom's venv script of that name
     if exe is None:
         pytest.skip("storescp is not installed (apt-get install dcmtk; .ci/run does it)")
     (tmp_path / "scp").mkdir()
