@@ -222,6 +222,14 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
             if extra in means:
                 entry[extra] = means[extra]
         seq_means[name] = entry
+    out = over_sequences(seq_means)
+    timed = {k: [s for r in per_sequence.values() for s in r.get("seconds", {}).get(k, [])] for k in ("p2sam", "regraf")}
+    out["seconds_per_target"] = {k: float(np.mean(v)) for k, v in timed.items() if v}
+    return out
+
+
+def over_sequences(seq_means: dict[str, dict]) -> dict:
+    """The mean over sequences (those with scored frames) of every method's per-sequence mean."""
     names = [n for n, e in seq_means.items() if e["frames_scored"]]
 
     def over(get):
@@ -239,8 +247,6 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
     for extra in ("oracle", "regraf"):
         if names and all(extra in seq_means[n] for n in names):
             out["p2sam_regraf" if extra == "regraf" else extra] = over(lambda e, x=extra: e[x])
-    timed = {k: [s for r in per_sequence.values() for s in r.get("seconds", {}).get(k, [])] for k in ("p2sam", "regraf")}
-    out["seconds_per_target"] = {k: float(np.mean(v)) for k, v in timed.items() if v}
     return out
 
 
@@ -349,25 +355,11 @@ def merge_runs(paths: list[str], out: str | None) -> int:
     if len(per_sequence) != sum(len(r["per_sequence"]) for r in runs):
         print("cannot merge: a sequence appears in more than one run", file=sys.stderr)
         return 2
-    names = [n for n, e in per_sequence.items() if e["frames_scored"]]
-
-    def over(get):
-        return float(np.mean([get(per_sequence[n]) for n in names]))
-
-    summary = {
-        "direct": over(lambda e: e["direct"]), "persam": over(lambda e: e["persam"]),
-        "prior_box": over(lambda e: e["prior_box"]),
-        "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
-        "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
-        "per_sequence": dict(sorted(per_sequence.items())),
-        "weights": runs[0]["weights"], "config": runs[0]["config"], "frame_step": runs[0].get("frame_step", 1),
-    }
-    for extra in ("oracle", "regraf"):
-        if all(extra in per_sequence[n] for n in names):
-            summary["p2sam_regraf" if extra == "regraf" else extra] = over(lambda e, x=extra: e[x])
-    frames = {k: sum(r.get("seconds_per_target", {}).get(k, 0) * sum(e["frames_scored"] for e in r["per_sequence"].values())
-                     for r in runs) for k in ("p2sam",)}
-    summary["seconds_per_target"] = {k: v / max(1, sum(per_sequence[n]["frames_scored"] for n in names)) for k, v in frames.items()}
+    summary = over_sequences(dict(sorted(per_sequence.items())))
+    summary.update(weights=runs[0]["weights"], config=runs[0]["config"], frame_step=runs[0].get("frame_step", 1))
+    scored = [sum(e["frames_scored"] for e in r["per_sequence"].values()) for r in runs]  # frame-weighted mean time
+    seconds = sum(r.get("seconds_per_target", {}).get("p2sam", 0) * n for r, n in zip(runs, scored))
+    summary["seconds_per_target"] = {"p2sam": seconds / max(1, sum(scored))}
     chosen: Counter = Counter()
     for r in runs:
         chosen.update({tuple(int(x) for x in k.split(",")): v for k, v in r.get("chosen", {}).items()})
