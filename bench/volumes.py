@@ -304,6 +304,27 @@ def job(pool, prior_image, prior_mask, targets: list[tuple[str, str]], out: Path
     return run_job(spec, out, pool=pool)
 
 
+def run_methods(label: str, pool, backbones, methods, work: Path, prior_image, prior_mask, target: tuple[str, Path],
+                output: str, image, truth: np.ndarray) -> tuple[dict, dict]:
+    """One job per backbone x method on a single target; Dice of its ``output`` ("rtstruct" or
+    "nifti") against ``truth`` on ``image``'s grid, and the registration the last job recorded."""
+    name, path = target
+    artifact = "rtstruct.dcm" if output == "rtstruct" else "mask.nii.gz"
+    out, registration = {}, None
+    for model in backbones:
+        res = {}
+        for method in methods:
+            dest = work / "out" / _model_dir(model) / method
+            t0 = time.perf_counter()
+            job(pool, prior_image, prior_mask, [(name, str(path))], dest, model, method, [output])
+            pred = read_prediction(dest / name / artifact, image)
+            registration = json.loads((dest / name / "result.json").read_text())["registration"]
+            res[method] = {"dice": dice(pred, truth), "seconds": round(time.perf_counter() - t0, 1)}
+            log(f"  {label} {model} {method}: dice {res[method]['dice']:.3f} ({res[method]['seconds']} s)")
+        out[model] = res
+    return out, registration
+
+
 def read_prediction(path: Path, image) -> np.ndarray:
     """The job's mask (NIfTI or RTSTRUCT) on ``image``'s grid; an empty result is all False."""
     import imaging
@@ -376,19 +397,8 @@ def protocol_followup(p: Patient, work: Path, pool, backbones, methods, seed: in
     target = imaging.write_dicom_series(fu, work / "followup", patient=patient, series_description="simulated follow-up",
                                         uid_entropy=f"{p.name}-followup-{seed}")
     truth_w = truth  # the written series keeps the grid
-    out, registration = {}, None
-    for model in backbones:
-        res = {}
-        for method in methods:
-            dest = work / "out" / _model_dir(model) / method
-            t0 = time.perf_counter()
-            job(pool, work / "prior", rs, [("followup", str(work / "followup"))], dest, model, method, ["rtstruct"])
-            pred = read_prediction(dest / "followup" / "rtstruct.dcm", target)
-            result = json.loads((dest / "followup" / "result.json").read_text())
-            registration = result["registration"]
-            res[method] = {"dice": dice(pred, truth_w), "seconds": round(time.perf_counter() - t0, 1)}
-            log(f"  followup {p.name} {model} {method}: dice {res[method]['dice']:.3f} ({res[method]['seconds']} s)")
-        out[model] = res
+    out, registration = run_methods(f"followup {p.name}", pool, backbones, methods, work, work / "prior", rs,
+                                    ("followup", work / "followup"), "rtstruct", target, truth_w)
     baseline = carried_by_registration(registration["transform"], prior, mask, target)
     err_rigid = registration_error(registration["transform"], target, truth, rigid)
     err_full = registration_error(registration["transform"], target, truth, phi)
@@ -407,18 +417,8 @@ def protocol_mr_ct(p: Patient, work: Path, pool, backbones, methods) -> dict:
     mr_mask_path = imaging.write_nifti(p.mr_mask, p.mr, work / "mr_mask.nii.gz")
     ct_path = imaging.write_nifti(p.ct.array.astype(np.float32), p.ct, work / "ct.nii.gz")
     target = imaging.read_image(ct_path)
-    out, registration = {}, None
-    for model in backbones:
-        res = {}
-        for method in methods:
-            dest = work / "out" / _model_dir(model) / method
-            t0 = time.perf_counter()
-            job(pool, mr_path, mr_mask_path, [("ct", str(ct_path))], dest, model, method, ["nifti"])
-            pred = read_prediction(dest / "ct" / "mask.nii.gz", target)
-            registration = json.loads((dest / "ct" / "result.json").read_text())["registration"]
-            res[method] = {"dice": dice(pred, p.ct_mask), "seconds": round(time.perf_counter() - t0, 1)}
-            log(f"  mr_ct {p.name} {model} {method}: dice {res[method]['dice']:.3f} ({res[method]['seconds']} s)")
-        out[model] = res
+    out, registration = run_methods(f"mr_ct {p.name}", pool, backbones, methods, work, mr_path, mr_mask_path,
+                                    ("ct", ct_path), "nifti", target, p.ct_mask)
     prior = imaging.read_image(mr_path)
     baseline = carried_by_registration(registration["transform"], prior, p.mr_mask, target)
     identity = np.broadcast_to(target.index_to_world(np.argwhere(np.ones(target.shape, bool)).astype(float)).reshape(*target.shape, 3),
