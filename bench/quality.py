@@ -123,6 +123,11 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
     return {"frames": scored, "dice": scores, "chosen": chosen, "seconds": seconds}
 
 
+def _choice(best):
+    """(n_pos, n_neg) of a chosen candidate (None when nothing was found)."""
+    return None if best is None else (best.n_pos, best.n_neg)
+
+
 def compare_sequence(reference: P2SAMEngine, pruned: P2SAMEngine, frames: list[Frame], every: int = 1) -> dict:
     """P²SAM with retrieval as the reference runs it (every candidate fully cascaded) and pruned,
     on the same encodings: Dice of each, whether they chose the same candidate, time per target,
@@ -142,8 +147,7 @@ def compare_sequence(reference: P2SAMEngine, pruned: P2SAMEngine, frames: list[F
             out["seconds"][name].append(time.perf_counter() - t)
             out["dice"][name].append(dice(res[name].mask, truth))
         r, p = res["reference"], res["pruned"]
-        key = lambda c: None if c is None else (c.n_pos, c.n_neg)
-        out["same"].append(key(r.best) == key(p.best))
+        out["same"].append(_choice(r.best) == _choice(p.best))
         out["frames"].append(frames[i].number)
         steps = [c.step_a_score for c in p.candidates]
         if all(v is not None for v in steps):

@@ -116,7 +116,9 @@ def _resample(values: np.ndarray, src: Volume, image: Volume, nearest: bool, nam
     cover = sitk.GetArrayFromImage(sitk.Resample(to_sitk(src, np.ones(src.shape, np.uint8)), ref,
                                                  sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     if not cover.any():
-        lo_hi = lambda v: np.round(np.sort(v.index_to_world(np.array([[0, 0, 0], np.array(v.shape) - 1])), axis=0), 1)
+        def lo_hi(v):
+            return np.round(np.sort(v.index_to_world(np.array([[0, 0, 0], np.array(v.shape) - 1])), axis=0), 1)
+
         raise GeometryError(f"{name} does not overlap the image: it spans {lo_hi(src).tolist()} mm (LPS corners), "
                             f"the image {lo_hi(image).tolist()}; wrong file or coordinate system")
     dtype = values.dtype if nearest else np.float32

@@ -64,7 +64,7 @@ def _lesion_states(rng: np.random.Generator, anat: dict, n_visits: int) -> tuple
     harmonics = [(v / np.linalg.norm(v), int(k), amp, ph) for v, k, amp, ph in zip(
         rng.normal(size=(4, 3)), rng.integers(2, 4, size=4), rng.uniform(0, 0.14, size=4), rng.uniform(0, 6.3, size=4))]
     states, hu = [], rng.uniform(30, 60)
-    for v in range(n_visits):
+    for _ in range(n_visits):
         states.append(dict(centre=centre.copy(), axes=axes.copy(), harmonics=list(harmonics), hu=hu))
         centre = centre + rng.normal(0, 2.0, size=3) * np.array([1, 1, 0.7])
         axes = np.maximum(axes * rng.uniform(0.75, 0.93), 4.5)

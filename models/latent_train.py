@@ -130,8 +130,8 @@ def train_latent_head(
             pts, labs, boxes, targets = [], [], [], []
             for i in idx:
                 _, mask, size = cache[i]
-                p, l, b = _prompts_for(mask, rng, size, transform)
-                pts.append(p), labs.append(l), boxes.append(b)
+                p, lab, b = _prompts_for(mask, rng, size, transform)
+                pts.append(p), labs.append(lab), boxes.append(b)
                 targets.append(to_low_res(perturb_mask(mask, rng), img_size, 4 * grid))
             target = torch.stack(targets)  # B x 1 x 4g x 4g
             with torch.no_grad():

@@ -154,7 +154,6 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
         return min(grid_w_in / c, grid_h_in / math.ceil(n / c) - title_in) * 0.96
 
     cols = max(range(1, n + 1), key=side)
-    rows = math.ceil(n / cols)
     panel_in = side(cols)
     cell_w, cell_h = grid_w_in / cols / page_w, (panel_in / 0.96 + title_in) / page_h
     x_left = 0.01 + (0.98 - cols * cell_w) / 2

@@ -52,6 +52,20 @@ def test_ci_runs_exactly_the_readme_commands():
     assert extracted == [block("install-command").strip(), block("test-command").strip()]
 
 
+def test_ci_lints_with_ruff_and_the_tree_is_clean():
+    """.ci/run runs `ruff check .` (ruff comes with the `test` extra); the tree passes the rules in pyproject.toml."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index('bash -c ". .venv/bin/activate && $test_cmd"')
+    pyproject = (REPO / "pyproject.toml").read_text()
+    test_extra = next(line for line in pyproject.splitlines() if line.startswith("test = ["))
+    assert '"ruff>=' in test_extra and "[tool.ruff.lint]" in pyproject
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    run = subprocess.run([ruff, "check", "--no-cache", "."], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-1000:]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
