@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import P2SAMConfig, P2SAMEngine, load_model
+from models import P2SAMEngine
 
 DEFAULT_WEIGHTS = "kvasir"
 
@@ -43,10 +43,15 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def make_engine(weights: str, threads: int = 2, **config) -> tuple[P2SAMEngine, str]:
-    """An engine on a weights file path or a bundled weights name; returns (engine, model name)."""
+    """The engine a job on ``weights`` (a bundled model name or a weights file) runs with, built by the
+    product's :class:`p2sam.modelpool.ModelPool` (the model card's part ranges, the P2SAM_* engine
+    settings), with ``config`` (P2SAMConfig fields) changed on top; returns (engine, model name)."""
+    from p2sam.modelpool import ModelPool
+    from p2sam.settings import get_settings
+
     torch.set_num_threads(max(1, threads))
-    loaded = load_model(weights)
-    return P2SAMEngine(loaded.sam, P2SAMConfig(**config)), loaded.name
+    loaded, engine = ModelPool(get_settings().model_copy(update={"threads": max(1, threads)})).get(weights)
+    return (engine.with_config(**config) if config else engine), loaded.name
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

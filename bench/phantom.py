@@ -7,7 +7,8 @@ visit and follow-ups in which the lesion moves, shrinks and deforms. For every f
 whose ground truth holds the lesion, the prior is the prior visit's lesion slice nearest in z
 (image windowed [-910, 590] HU, grey -> 3 channels); Dice per slice -> visit -> case -> mean.
 Methods: direct transfer, PerSAM, the prior box (the prior slice's contour box as a box prompt)
-and P²SAM with retrieval (1-3 positives x 1 negative, the paper's CT ranges). The LAST line is ``p2sam_dice <mean>``.
+and P²SAM with retrieval at the model card's part ranges, as jobs run it (bench.common.make_engine:
+the product's ModelPool; ``--set pos_range=1,3`` for the paper's CT ranges). The LAST line is ``p2sam_dice <mean>``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 from .common import dice, make_engine, parse_overrides, table
 
-CT_CONFIG: dict = {"pos_range": (1, 3), "neg_range": (1, 1)}
 FIRST_SEED = 1000
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"skipped: imaging.phantom is not available ({exc})")
         return 0
-    engine, model = make_engine(args.weights, args.threads, **{**CT_CONFIG, **parse_overrides(args.set)})
+    engine, model = make_engine(args.weights, args.threads, **parse_overrides(args.set))
     methods = ["direct", "persam", "box", "p2sam"]
     rows, scores = [], {m: [] for m in methods}
     for seed in range(FIRST_SEED, FIRST_SEED + args.cases):
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             scores[m].append(res[m])
     means = {m: float(np.mean(v)) for m, v in scores.items()}
     rows.append(["mean"] + [means[m] for m in methods])
-    print(f"phantom CT check: {model}; prior = visit 1, follow-ups = visits 2-3, lesion slices scored")
+    ranges = f"{engine.config.pos_range[0]}-{engine.config.pos_range[1]} x {engine.config.neg_range[0]}-{engine.config.neg_range[1]} parts"
+    print(f"phantom CT check: {model} ({ranges}); prior = visit 1, follow-ups = visits 2-3, lesion slices scored")
     print(table(["case", "direct", "PerSAM", "prior box", "P²SAM"], rows))
     print(f"p2sam_dice {means['p2sam']:.4f}")
     return 0

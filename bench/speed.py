@@ -32,6 +32,7 @@ from segment_anything import SamPredictor
 
 from models import P2SAMConfig, P2SAMEngine, build_sam, load_model
 from models.uncertainty import SamplerConfig, sample
+from p2sam.modelpool import RECOMMENDED_ENGINE, part_ranges
 
 from .reference_style import reference_segment
 
@@ -78,12 +79,14 @@ def real_case(folder: str, n_targets: int):
     return read_rgb(frames[PRIOR_INDEX].image), read_mask(frames[PRIOR_INDEX].mask), targets
 
 
-def retrieval_rows(engine: P2SAMEngine, prior_img, prior_mask, targets, prune_k: int, dtype: str) -> dict:
-    """The product's retrieval (1-5 positive x 1-3 negative parts) on each target: the reference
+def retrieval_rows(engine: P2SAMEngine, prior_img, prior_mask, targets, prune_k: int, dtype: str,
+                   ranges: dict | None = None) -> dict:
+    """The product's retrieval (``ranges``: the model card's part ranges, p2sam.modelpool.part_ranges) on each target: the reference
     (every candidate through the 3-step cascade, prompts as they come) and the pruned engine
     (step (a) for all, the best ``prune_k`` refined, one decode per distinct point set), with the
     encoder pass each needs; and, for a reduced-precision encoder, its masks against float32's."""
-    reference = engine.with_config(pos_range=(1, 5), neg_range=(1, 3), prune_k=0, share_prompts=False, encoder_dtype="float32")
+    ranges = ranges or part_ranges({"engine": RECOMMENDED_ENGINE})
+    reference = engine.with_config(**ranges, prune_k=0, share_prompts=False, encoder_dtype="float32")
     pruned = reference.with_config(prune_k=prune_k, share_prompts=True, encoder_dtype=dtype)
     prior = reference.set_prior(prior_img, prior_mask)
     reference.segment(reference.encode(targets[0]), prior)  # warm-up
@@ -149,15 +152,17 @@ def retrieval_rows(engine: P2SAMEngine, prior_img, prior_mask, targets, prune_k:
 def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = False, weights: str | None = None,
             data: str | None = None, device: str = "cpu", prune_k: int = 3, dtype: str = "float32", full: bool = True) -> dict:
     torch.manual_seed(0)
-    sam = load_model(weights, device=device).sam if weights else build_sam(backbone).to(device)
-    engine = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 5), neg_range=(1, 1)))
+    loaded = load_model(weights, device=device) if weights else None
+    sam = loaded.sam if loaded else build_sam(backbone).to(device)
+    ranges = part_ranges(loaded.card if loaded else {"engine": RECOMMENDED_ENGINE})  # what jobs on this model run
+    engine = P2SAMEngine(sam, P2SAMConfig(pos_range=(1, 5), neg_range=(1, 1)))  # the reference code's ranges
     unbatched = engine.with_config(batched=False)
     prior_img, prior_mask, targets = real_case(data, n_targets) if data else synthetic_case(image_size, n_targets)
     image_size = max(prior_img.shape[:2]) if data else image_size
     t = time.perf_counter()
     prior = engine.set_prior(prior_img, prior_mask)
     prior_time = time.perf_counter() - t
-    retrieval = retrieval_rows(engine, prior_img, prior_mask, targets, prune_k, dtype)
+    retrieval = retrieval_rows(engine, prior_img, prior_mask, targets, prune_k, dtype, ranges)
     if not full:
         return {"backbone": backbone, "weights": weights, "image_size": image_size, "grid": engine.grid, "prior_once": prior_time,
                 "retrieval": retrieval, "device": str(engine.device), "full": False}
@@ -165,7 +170,7 @@ def measure(backbone: str, image_size: int, n_targets: int, sampling: bool = Fal
 
     rows: dict[str, list] = {k: [] for k in ("encode", "p2sam", "unbatched", "persam", "reference", "ref_encode",
                                                "product", "sample_prompt_noise", "sample_retrieval")}
-    product = engine.with_config(pos_range=(1, 5), neg_range=(1, 3))
+    product = engine.with_config(**ranges)
     product_prior = product.set_prior(prior_img, prior_mask) if sampling else None
     stages: dict[str, list] = {}
     ref_stages: dict[str, list] = {}

@@ -17,12 +17,12 @@ from .registration import Registration, register_rigid
 from .rtstruct import DEFAULT_MIN_ISLAND_AREA_MM2, RoiSpec, write_rtstruct, write_rtstruct_rois
 from .seg import write_seg
 from .volume import DicomInfo, Volume
-from .window import PRESETS, to_model_input, window
+from .window import PRESETS, parse_window, to_model_input, window
 
 __all__ = [
     "Volume", "DicomInfo", "SeriesSummary", "RoiMask", "RoiSpec", "Registration",
     "read_image", "list_series", "read_mask", "read_mask_detail", "list_rois",
-    "register_rigid", "window", "to_model_input", "PRESETS",
+    "register_rigid", "window", "parse_window", "to_model_input", "PRESETS",
     "write_rtstruct", "write_rtstruct_rois", "write_seg", "write_nifti", "read_nifti_array",
     "write_dicom_series", "write_picture_mask", "mask_to_rings", "rings_to_mask", "DEFAULT_MIN_ISLAND_AREA_MM2",
     "ImagingError", "UnsupportedFileError", "UnsafeArchiveError", "SeriesSelectionError", "GeometryError",

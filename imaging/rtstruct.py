@@ -28,7 +28,8 @@ from .mask_common import RoiMask, check_same_patient, plane_slice, select
 from .raster import mask_to_rings, remove_small_islands, rings_to_mask
 from .volume import Volume
 
-DEFAULT_MIN_ISLAND_AREA_MM2 = 5.0
+# Contour islands smaller than this are dropped (the one default: jobs use it unless P2SAM_MIN_ISLAND_MM2 is set)
+DEFAULT_MIN_ISLAND_AREA_MM2 = 2.0
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
 _CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")  # both filled even-odd (XOR) with the slice's others
 _STUDY_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (what RTSTRUCTs reference)

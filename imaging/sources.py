@@ -18,7 +18,7 @@ from typing import Iterator, Sequence, Union
 from .errors import ImagingError, UnsafeArchiveError, UnsupportedFileError
 
 PathLike = Union[str, os.PathLike]
-MAX_ZIP_BYTES = 8 * 1024**3  # uncompressed total we are willing to extract
+MAX_ZIP_BYTES = 8 * 1024**3  # uncompressed total we are willing to extract (P2SAM_MAX_ZIP_MB sets it: p2sam.settings)
 MAX_ZIP_MEMBERS = 100_000
 
 
@@ -55,14 +55,16 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
 
 
 @contextlib.contextmanager
-def extracted_zip(path: PathLike, into: PathLike | None = None, max_bytes: int = MAX_ZIP_BYTES) -> Iterator[Path]:
+def extracted_zip(path: PathLike, into: PathLike | None = None, max_bytes: int | None = None) -> Iterator[Path]:
     """Safely extract a zip into a temporary folder (deleted on exit; inside ``into`` when given,
     e.g. the upload's own folder on the data volume); yield the folder.
 
     At most ``max_bytes`` are written: the members' declared sizes are checked first, and the
     bytes actually decompressed are counted as they are written (a member may lie about its
-    size), so a zip bomb stops at the limit with UnsafeArchiveError."""
+    size), so a zip bomb stops at the limit with UnsafeArchiveError. None: ``MAX_ZIP_BYTES`` as it
+    is now (read at call time, so the process's setting applies)."""
     path = Path(path)
+    max_bytes = MAX_ZIP_BYTES if max_bytes is None else max_bytes
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

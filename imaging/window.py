@@ -34,6 +34,21 @@ def window_bounds(preset: "str | tuple[float, float]") -> tuple[float, float]:
     return lo, hi
 
 
+def parse_window(text: str) -> "str | tuple[float, float]":
+    """The one parser of a window as text (API field, ``--window``, P2SAM_WINDOW): a preset name
+    (``default``, ``lung``, ...) or ``'lo,hi'`` in HU -> the preset name or ``(lo, hi)``, what
+    :func:`window` takes. ImagingError, with a one-line reason, for anything else."""
+    value = str(text).strip()
+    if "," not in value:
+        window_bounds(value)  # a known preset, else ImagingError naming them
+        return value
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ImagingError(f"window: a preset ({', '.join(PRESETS)}) or 'lo,hi' in HU, got {value[:40]!r}") from None
+    return window_bounds((lo, hi))  # finite, hi > lo
+
+
 def window(hu: np.ndarray, preset: "str | tuple[float, float]" = "default") -> np.ndarray:
     """HU array (any shape) -> uint8 of the same shape: ``lo`` -> 0, ``hi`` -> 255."""
     lo, hi = window_bounds(preset)

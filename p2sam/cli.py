@@ -13,6 +13,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import get_args
+
+from .spec import DEFAULT_SAMPLER, Sampler
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
@@ -56,6 +59,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             print(f"\r[{fraction * 100:5.1f}%] {message:<60}", end="" if stage == "segmenting" else "\n", file=sys.stderr, flush=True)
         last["stage"] = stage
 
+    from .settings import apply_process_limits, get_settings
+
+    apply_process_limits(get_settings())
     summary = run_job(spec, args.out, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
@@ -102,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     seg_args = argparse.Namespace(
         prior=str(out / "prior"), prior_mask=str(out / "prior_rtstruct.dcm"), roi="GTV",
         target=[str(out / "followup1"), str(out / "followup2")], out=str(out / "out"), model=args.model,
-        method="p2sam", samples=None, sampler="prompt_noise", window=None, margin=None, outputs=None, quiet=args.quiet,
+        method="p2sam", samples=None, sampler=DEFAULT_SAMPLER, window=None, margin=None, outputs=None, quiet=args.quiet,
         closing_line=False)
     print()
     code = _cmd_segment(seg_args)
@@ -197,7 +203,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", help="model name (p2sam models) or weights file; auto: by image type")
     p.add_argument("--method", default="p2sam", choices=["p2sam", "fixed", "persam", "direct"])
     p.add_argument("--samples", type=int, default=None, help="uncertainty samples per target (default P2SAM_N_SAMPLES)")
-    p.add_argument("--sampler", default="prompt_noise", choices=["prompt_noise", "retrieval", "latent", "none"])
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(get_args(Sampler)))
     p.add_argument("--window", default=None, help="CT window: default, lung, soft_tissue, bone or lo,hi (HU)")
     p.add_argument("--margin", type=int, default=None, help="extra follow-up slices beyond the registered structure")
     p.add_argument("--outputs", default=None, help="comma list of rtstruct,seg,nifti,samples,preview (default all)")

@@ -135,13 +135,20 @@ RECOMMENDED_ENGINE: dict[str, Any] = {"pos_range": (1, 5), "neg_range": (1, 3)}
 
 
 def engine_config(card: dict[str, Any]) -> P2SAMConfig:
-    """Engine settings a model card recommends (e.g. part ranges), over the defaults."""
+    """Engine settings a model card recommends (its ``engine`` section: part ranges, ...), over the
+    engine's defaults: the one place a model's part ranges come from (jobs, benchmarks)."""
     rec = dict(card.get("engine") or {})
     for key in ("pos_range", "neg_range"):
         if key in rec:
             rec[key] = tuple(rec[key])
     allowed = set(P2SAMConfig.__dataclass_fields__)
     return P2SAMConfig(**{k: v for k, v in rec.items() if k in allowed})
+
+
+def part_ranges(card: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{"pos_range": (lo, hi), "neg_range": (lo, hi)}`` a model card gives jobs (engine_config's)."""
+    config = engine_config(card)
+    return {"pos_range": config.pos_range, "neg_range": config.neg_range}
 
 
 def engine_settings(settings: Settings) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def write_target(
     roi_name: str,
     provenance: dict[str, Any],
     window: str | tuple[float, float],
-    min_island_mm2: float,
+    min_island_mm2: float | None,
     qc_thresholds: QcThresholds | None = None,
 ) -> dict[str, Any]:
     """Write every requested artifact for one target; returns the target summary (result.json)."""
@@ -62,7 +62,8 @@ def write_target(
     if "rtstruct" in outputs:
         if dicom_ok:
             imaging.write_rtstruct(result.mask, target, tmp / "rtstruct.dcm", roi_name, CONTOUR,  # the preview's green
-                                   algorithm_name="P2SAM", algorithm_version=version, min_island_area_mm2=min_island_mm2)
+                                   algorithm_name="P2SAM", algorithm_version=version,
+                                   min_island_area_mm2=imaging.DEFAULT_MIN_ISLAND_AREA_MM2 if min_island_mm2 is None else min_island_mm2)
             files["rtstruct"] = "rtstruct.dcm"
     if "seg" in outputs:
         if dicom_ok:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, le=20, description="A job is started at most this many times (its worker dying each time, e.g. killed by the hard time limit or out of memory); then it fails.")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="How long a Celery pool process may take to start, model preload included, before it is restarted (Celery's worker_proc_alive_timeout; its 4 s default is shorter than a model preload on a busy machine).")
     maintenance_interval_s: float = Field(10.0, gt=0, description="How often the API re-enqueues jobs whose broker message may be lost, recovers jobs of vanished workers and applies retention.")
+    transient_retries: int = Field(3, ge=0, le=10, description="A job whose run hits a transient I/O error (a stale NFS handle, a lost connection, a timeout) is retried in place this many times (waits 1, 2, 4 ... s) before it fails.")
 
     # --- segmentation defaults
     slice_margin: int = Field(1, ge=0, le=10, description="Follow-up slices beyond the registered prior structure that are also segmented.")
@@ -57,13 +58,14 @@ class Settings(BaseSettings):
     share_prompts: bool = Field(False, description="A point repeated in a candidate's prompt (two parts' peaks on one pixel) is given once, and candidates with the same point set share one decode; false (default, the reference): prompts as they come.")
     encode_batch_mb: int = Field(1024, ge=0, description="Memory budget (MB) for encoding a volume's follow-up slices in batches (one encoder call for B slices, B from this budget); 0: one slice at a time.")
     encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Autocast dtype for the image encoder (GPU path; the decoder stays float32): float32, bfloat16 or float16.")
-    min_island_mm2: float = Field(2.0, ge=0, description="Contour islands smaller than this (mm^2) are dropped from RTSTRUCTs.")
+    min_island_mm2: float | None = Field(None, ge=0, description="Contour islands smaller than this (mm^2) are dropped from RTSTRUCTs (unset: imaging.DEFAULT_MIN_ISLAND_AREA_MM2 = 2.0, the one default).")
 
     # --- the API
     host: str = Field("127.0.0.1", description="Address `p2sam serve` listens on.")
     port: int = Field(8000, description="Port `p2sam serve` listens on.")
     auth: Literal["apikey", "none"] = Field("apikey", description="apikey: every request needs an API key (X-API-Key or Bearer); none: no auth (local use only).")
     max_upload_mb: int = Field(512, ge=1, description="Largest accepted upload (MB); larger requests get 413.")
+    max_zip_mb: int = Field(8192, ge=1, description="The most a zip archive read as input may expand to (MB; zip bombs stop there): inputs `p2sam segment`, the workers and the API read; an upload's zips also count against P2SAM_MAX_UPLOAD_MB.")
     request_body_timeout_s: float = Field(30.0, gt=0, description="A request body that sends nothing for this long, or arrives slower than 1 KiB/s on average after it, is cut off with 408 (slow clients; the TLS proxy guards headers: deploy/README.md).")
     max_connections: int = Field(200, ge=1, description="Concurrent connections `p2sam serve` accepts; beyond, new requests get 503 (uvicorn's limit_concurrency).")
     retention_hours: float = Field(72.0, ge=0, description="Inputs and results of finished jobs are purged after this many hours (0: never).")
@@ -87,6 +89,38 @@ class Settings(BaseSettings):
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate of our AE: the listener serves DICOM TLS with it; sent to peers marked tls.")
     dicom_tls_key: Path | None = Field(None, description="PEM private key for P2SAM_DICOM_TLS_CERT.")
     dicom_tls_ca: Path | None = Field(None, description="PEM CA bundle: peers' certificates are checked against it (listener: client certificates are then required).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        """Settings that must hold together: checked when the settings load, with the variables named."""
+        problems = [f"{_var(a)} ({getattr(self, a)}) must be {'at most' if equal_ok else 'below'} {_var(b)} "
+                    f"({getattr(self, b)}): {why}"
+                    for a, b, equal_ok, why in ORDERED
+                    if not (getattr(self, a) <= getattr(self, b) if equal_ok else getattr(self, a) < getattr(self, b))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _var(name: str) -> str:
+    return f"P2SAM_{name.upper()}"
+
+
+# (smaller, larger, equal allowed, why): pairs of settings whose order the system relies on.
+ORDERED: list[tuple[str, str, bool, str]] = [
+    ("job_soft_time_limit_s", "job_hard_time_limit_s", False,
+     "a job is asked to stop (and fails with a clear timeout) before its worker process is killed"),
+    ("job_hard_time_limit_s", "visibility_timeout_s", False,
+     "the broker must not redeliver a job whose worker is still allowed to run it"),
+    ("dicom_retry_base_s", "dicom_retry_max_s", True, "the first retry wait cannot exceed the longest one"),
+]
+
+
+def apply_process_limits(settings: Settings) -> None:
+    """Process-wide limits that live in libraries, from the settings (P2SAM_MAX_ZIP_MB -> imaging)."""
+    from imaging import sources
+
+    sources.MAX_ZIP_BYTES = settings.max_zip_mb * (1 << 20)
 
 
 @lru_cache(maxsize=1)

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from p2sam.spec import ALL_OUTPUTS, Method, OutputName, Sampler
+from imaging.window import PRESETS
+from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, check_window
 
 from .problems import ProblemModel
 
@@ -98,9 +99,8 @@ class JobSettingsIn(BaseModel):
     n_samples: int | None = Field(None, ge=0, le=64, description="uncertainty samples per target (default P2SAM_N_SAMPLES)")
     model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
     method: Method = "p2sam"
-    sampler: Sampler = "prompt_noise"
-    window: str | None = Field(None, max_length=32, pattern=r"^(default|lung|soft_tissue|bone|-?[0-9]{1,5}(\.[0-9]{1,3})?,-?[0-9]{1,5}(\.[0-9]{1,3})?)$",
-                               description="CT window preset (default, lung, soft_tissue, bone) or 'lo,hi' HU")
+    sampler: Sampler = DEFAULT_SAMPLER
+    window: str | None = Field(None, max_length=32, description=f"CT window preset ({', '.join(PRESETS)}) or 'lo,hi' HU")
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, min_length=1, max_length=64,
                                      description="ROI name in the output RTSTRUCT/SEG: a DICOM LO value (at most 64 "
@@ -117,17 +117,7 @@ class JobSettingsIn(BaseModel):
     @field_validator("window")
     @classmethod
     def _window(cls, v: str | None) -> str | None:
-        from imaging import PRESETS
-
-        if v is None or v in PRESETS:
-            return v
-        try:
-            lo, hi = (float(x) for x in v.split(","))
-        except ValueError:
-            raise ValueError(f"window: a preset ({', '.join(PRESETS)}) or 'lo,hi' in HU") from None
-        if not lo < hi:
-            raise ValueError("window: lo must be below hi")
-        return v
+        return check_window(v)  # the one window parser (imaging.parse_window)
 
 
 class JobIn(JobSettingsIn):
