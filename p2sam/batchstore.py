@@ -21,14 +21,14 @@ Records hold upload ids, patient ids of the manifest and visit names only.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .jobstore import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Record, write_json_atomic
+from .jobstore import (ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore, Record, file_lock,
+                       write_json_atomic)
 
 PATIENT_TASK = "batch-patient"
 VISITS_FILE = "visits.json"
@@ -113,12 +113,8 @@ class BatchStore:
     @contextlib.contextmanager
     def _finishing(self, batch_id: str) -> Iterator[None]:
         """Lock held while a batch's report is written (beside, not inside, the record's own lock)."""
-        with open(self.records.jobs_dir / f"{batch_id}.finish.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.records.jobs_dir / f"{batch_id}.finish.lock"):
+            yield
 
     def _finish(self, batch: Record, tasks: list[Record | None], states: list[str]) -> Record | None:
         from .batch import summarise, write_report

@@ -5,7 +5,7 @@ model, missing latent head, ...); the API answers it with 422 and the CLI with o
 
 :func:`classify` is the only place that decides whether an exception is the caller's to fix
 (a 4xx problem, a one-line CLI message) or ours (a 5xx with no internals shown). The CLI
-(``p2sam.cli.user_error``), the worker and the embedded runner (``worker.runner.execute_job``)
+(``p2sam.cli.user_error``), the worker and the embedded runner (``p2sam.runner.execute_job``)
 and the API's last-resort handler (``service.problems``) all use it, so a new error class is
 added here once, with its test in tests/p2sam/test_errors.py.
 

@@ -6,7 +6,7 @@ Layout under ``data_dir``::
     jobs/<id>.lock        fcntl lock taken for every read-modify-write of the record
     results/<id>/         run_job's output folder (one subfolder per target)
     uploads/<id>/         uploaded inputs (see service.uploads)
-    idempotency/<h>.json  Idempotency-Key -> job id (see service.routes.jobs)
+    idempotency/<h>.json  Idempotency-Key -> job / batch id (see service.submit)
 
 State machine (every change is a guarded transition, recorded in ``transitions``)::
 
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({QUEUED, RUNNING})
 
@@ -113,6 +112,19 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the with-block: the one lock of
+    the file stores (job and batch records, API keys, Idempotency-Keys). fcntl: works across
+    processes and, over NFSv4, across hosts sharing the volume."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class JobStore:
     """Job records under ``data_dir`` (safe across processes and hosts sharing the folder)."""
 
@@ -143,14 +155,9 @@ class JobStore:
 
     @contextlib.contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
-        """Exclusive lock on one job's record (fcntl; works across processes and over NFSv4)."""
-        lock = self.jobs_dir / f"{job_id}.lock"
-        with open(lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        """Exclusive lock on one job's record (:func:`file_lock` on ``jobs/<id>.lock``)."""
+        with file_lock(self.jobs_dir / f"{job_id}.lock"):
+            yield
 
     # --- reading
     def get(self, job_id: str) -> Record | None:

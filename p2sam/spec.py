@@ -7,15 +7,31 @@ directory before a job runs). Only small JSON travels through the broker; images
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 OutputName = Literal["rtstruct", "seg", "nifti", "samples", "preview"]
 ALL_OUTPUTS: tuple[OutputName, ...] = ("rtstruct", "seg", "nifti", "samples", "preview")
 Method = Literal["p2sam", "fixed", "persam", "direct", "box"]
 Sampler = Literal["prompt_noise", "retrieval", "latent", "none"]
 DEFAULT_SAMPLER: Sampler = "prompt_noise"  # the one default: JobSpec, the API schema, `p2sam segment --sampler`
+
+def check_window(value: str | None) -> str | None:
+    """A window text as a field validator checks it: imaging.parse_window's complaint as a ValueError."""
+    if value is None:
+        return None
+    from imaging.errors import ImagingError
+
+    try:
+        window_arg(value)
+    except ImagingError as exc:
+        raise ValueError(str(exc).removeprefix("window: ")) from None
+    return value
+
+
+# A CT window as text ('default', 'lung', ... or 'lo,hi' HU), checked by the one parser (JobSpec, the API)
+WindowText = Annotated[str | None, AfterValidator(check_window)]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -48,7 +64,7 @@ class JobSpec(BaseModel):
     method: Method = "p2sam"
     n_samples: int | None = Field(None, ge=0, le=64, description="Uncertainty samples per target (default: P2SAM_N_SAMPLES)")
     sampler: Sampler = DEFAULT_SAMPLER
-    window: str | None = Field(None, description="CT window preset or 'lo,hi' HU (default: P2SAM_WINDOW)")
+    window: WindowText = Field(None, description="CT window preset or 'lo,hi' HU (default: P2SAM_WINDOW)")
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, max_length=64, description="ROI name in the output RTSTRUCT (default: the prior's)")
 
@@ -59,11 +75,6 @@ class JobSpec(BaseModel):
 
         return None if v is None else check_lo(v, "roi_name_out")
 
-    @field_validator("window")
-    @classmethod
-    def _window(cls, v: str | None) -> str | None:
-        return check_window(v)
-
 
 def window_arg(value: str) -> str | tuple[float, float]:
     """'default' / 'lung' / ... or 'lo,hi' -> what imaging.window takes (imaging.parse_window)."""
@@ -71,15 +82,3 @@ def window_arg(value: str) -> str | tuple[float, float]:
 
     return parse_window(value)
 
-
-def check_window(value: str | None) -> str | None:
-    """A field validator's check of a window text: imaging.parse_window's complaint as a ValueError."""
-    if value is None:
-        return None
-    from imaging.errors import ImagingError
-
-    try:
-        window_arg(value)
-    except ImagingError as exc:
-        raise ValueError(str(exc).removeprefix("window: ")) from None
-    return value

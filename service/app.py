@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(settings)``.
 
 Thin by design: routes validate, authorise, audit and delegate to the job store, the upload
-store and :func:`worker.runner.execute_job` (through Celery or the embedded thread). OpenAPI at
+store and :func:`p2sam.runner.execute_job` (through Celery or the embedded thread). OpenAPI at
 /openapi.json, interactive docs at /docs.
 """
 

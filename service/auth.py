@@ -16,7 +16,6 @@ With ``P2SAM_AUTH=none`` every request acts as the admin ``anonymous`` (local us
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -31,7 +30,7 @@ from typing import Any, Iterator
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from p2sam.jobstore import write_json_atomic
+from p2sam.jobstore import file_lock, write_json_atomic
 
 from .problems import Problem
 
@@ -72,12 +71,8 @@ class KeyStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.path.with_suffix(".lock")):
+            yield
 
     def _load(self) -> dict[str, Any]:
         try:

@@ -2,31 +2,24 @@
 Idempotency-Key (as for jobs, in its own namespace), publishing the tasks on the ``batch`` queue.
 
 The stored patient entries are :class:`p2sam.batch.PatientEntry` objects whose paths are
-relative to ``data_dir`` (worker/patient.py makes them absolute on its host).
+relative to ``data_dir`` (p2sam/patient_task.py makes them absolute on its host).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from typing import Any
 
 from pydantic import ValidationError
 
 from p2sam.batch import PatientEntry, visit_name
 from p2sam.batchstore import PATIENT_TASK
-from p2sam.jobstore import new_id, write_json_atomic
+from p2sam.jobstore import new_id
 from p2sam.spec import JobSpec
 
 from .auth import Principal
 from .batch_schemas import BatchIn, PatientIn
 from .problems import Problem
-from .submit import check_key
-
-
-def body_hash(body: BatchIn) -> str:
-    return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+from .submit import body_hash
 
 
 def _patient(uploads, p: PatientIn, i: int, owner: str | None) -> tuple[dict[str, Any], set[str]]:
@@ -106,24 +99,18 @@ def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str |
         batch, tasks = build(services, who, body)
         record = batches.create({**batch, "body_hash": digest}, tasks)
     else:
-        check_key(idempotency_key)
-        idem = services.idempotency
-        entry_path = idem.path(who, f"batch\0{idempotency_key}")
-        with idem.locked():
-            if entry_path.exists():
-                entry = json.loads(entry_path.read_text())
-                if entry["body_hash"] != digest:
-                    raise Problem(409, "this Idempotency-Key was already used with a different batch (batch "
-                                  f"{entry['batch_id']}); use a new key for a new batch", slug="idempotency-conflict",
-                                  batch_id=entry["batch_id"])
-                record = batches.get(entry["batch_id"])
-                if record is not None:
-                    return record, True
+        def draft() -> tuple[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
             batch, tasks = build(services, who, body)
-            # entry first, then the batch (see service.submit: never a batch without its entry)
-            write_json_atomic(entry_path, {"batch_id": batch["id"], "body_hash": digest, "key_id": who.key_id,
-                                           "created_at": time.time()})  # the retention sweep reads it
-            record = batches.create({**batch, "body_hash": digest, "idempotency": entry_path.stem}, tasks)
+            return batch["id"], (batch, tasks)
+
+        def create(made: tuple[dict[str, Any], list[dict[str, Any]]], stem: str) -> dict[str, Any]:
+            batch, tasks = made
+            return batches.create({**batch, "body_hash": digest, "idempotency": stem}, tasks)
+
+        record, replayed = services.idempotency.replay_or_create(who, idempotency_key, digest, "batch", batches.get,
+                                                                 draft, create)
+        if replayed:
+            return record, True
     for p in record["patients"]:
         services.enqueue(p["task"])
     return record, False

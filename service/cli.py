@@ -36,7 +36,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    from worker.logs import configure
+    from p2sam.logs import configure
 
     settings = get_settings()
     if not logging.getLogger().handlers:

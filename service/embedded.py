@@ -1,7 +1,7 @@
 """Embedded mode (no P2SAM_BROKER_URL): one background thread runs queued jobs in-process.
 
 The queue is the job store itself: the thread takes the oldest queued job (interactive before
-batch) and runs it with the same :func:`worker.runner.execute_job` the Celery task uses, so a
+batch) and runs it with the same :func:`p2sam.runner.execute_job` the Celery task uses, so a
 laptop with no Redis runs exactly the code a GPU cluster runs.
 """
 
@@ -44,7 +44,7 @@ class EmbeddedExecutor:
         return queued[0]["id"] if queued else None
 
     def _loop(self) -> None:
-        from worker.runner import execute_job
+        from p2sam.runner import execute_job
 
         while not self._stop.is_set():
             job_id = self.next_job()

@@ -2,7 +2,7 @@
 
 Every ``P2SAM_MAINTENANCE_INTERVAL_S``:
 
-- broker mode: :meth:`worker.dispatch.Dispatcher.sweep` re-publishes queued jobs the broker may
+- broker mode: :meth:`p2sam.dispatch.Dispatcher.sweep` re-publishes queued jobs the broker may
   have lost (never published, or published before a Redis restart) and re-queues running jobs
   whose worker stopped heartbeating;
 - jobs deleted while running are purged once their worker has stopped;

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from imaging.window import PRESETS
-from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, check_window
+from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText
 
 from .problems import ProblemModel
 
@@ -100,7 +100,7 @@ class JobSettingsIn(BaseModel):
     model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
     method: Method = "p2sam"
     sampler: Sampler = DEFAULT_SAMPLER
-    window: str | None = Field(None, max_length=32, description=f"CT window preset ({', '.join(PRESETS)}) or 'lo,hi' HU")
+    window: WindowText = Field(None, max_length=32, description=f"CT window preset ({', '.join(PRESETS)}) or 'lo,hi' HU")
     slice_margin: int | None = Field(None, ge=0, le=10)
     roi_name_out: str | None = Field(None, min_length=1, max_length=64,
                                      description="ROI name in the output RTSTRUCT/SEG: a DICOM LO value (at most 64 "
@@ -113,11 +113,6 @@ class JobSettingsIn(BaseModel):
         from imaging.dicom_common import check_lo
 
         return None if v is None else check_lo(v, "roi_name_out")
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, v: str | None) -> str | None:
-        return check_window(v)  # the one window parser (imaging.parse_window)
 
 
 class JobIn(JobSettingsIn):

@@ -1,6 +1,6 @@
 """What the routes use, built once per app: settings, stores, auth, audit, the way jobs run.
 
-Broker mode (P2SAM_BROKER_URL set): jobs are published to Celery (worker.dispatch); embedded
+Broker mode (P2SAM_BROKER_URL set): jobs are published to Celery (p2sam.dispatch); embedded
 mode: one in-process thread runs them (service.embedded). Routes call :meth:`enqueue` and never
 know which.
 """
@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2sam import liveness
 from p2sam.batchstore import BatchStore
 from p2sam.jobstore import JobStore, new_id
-from p2sam.settings import Settings
-
-from worker import liveness
+from p2sam.settings import Settings, apply_process_limits
 
 from .audit import AuditLog
 from .auth import KeyStore
@@ -30,6 +29,7 @@ PING_TIMEOUT_S = 2.0
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        apply_process_limits(settings)
         self.store = JobStore(settings.data_dir)
         self.batches = BatchStore(self.store)
         self.uploads = UploadStore(self.store, max_bytes=settings.max_upload_mb * (1 << 20))
@@ -42,8 +42,8 @@ class Services:
         self._pool_lock = threading.Lock()
         self._ready: tuple[float, bool, dict[str, Any]] | None = None
         if settings.broker_url:
-            from worker.celery_app import make_app
-            from worker.dispatch import Dispatcher
+            from p2sam.broker import make_app
+            from p2sam.dispatch import Dispatcher
 
             self.dispatcher = Dispatcher(self.store, settings, make_app(settings))
         from .maintenance import Maintenance
@@ -98,7 +98,7 @@ class Services:
             ready: list[str] = []
             if checks["broker"]:
                 # A worker's parent answers pings even while its pool process is dead or still loading
-                # the model: count only workers whose pool process says it is ready (worker/liveness.py).
+                # the model: count only workers whose pool process says it is ready (p2sam/liveness.py).
                 for limit in (1, None):  # the first answer is usually enough; else ask them all
                     try:
                         answering = self.dispatcher.ping_workers(timeout=PING_TIMEOUT_S, limit=limit)

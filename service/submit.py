@@ -3,23 +3,25 @@
 The stored spec is a :class:`p2sam.spec.JobSpec` whose paths are relative to ``data_dir`` (a
 worker mounting the shared volume elsewhere resolves them against its own ``data_dir``).
 
-Idempotency: a key is scoped to the API key that sends it. The first request with a key stores
+Idempotency (:meth:`Idempotency.replay_or_create`, used by jobs and batches alike): a key is
+scoped to the API key that sends it. The first request with a key stores
 ``data_dir/idempotency/<sha256(api key id, key)>.json`` = {job id, body hash}; a later request
 with the same key and the same body (compared after validation, so defaults and key order do
-not matter) gets the same job back, with a different body a 409.
+not matter) gets the same job back, with a different body a 409. Batches use the same files in
+their own namespace (``batch\0<key>``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-from p2sam.jobstore import new_id, write_json_atomic
+from pydantic import BaseModel
+
+from p2sam.jobstore import file_lock, new_id, write_json_atomic
 from p2sam.spec import JobSpec
 
 from .auth import Principal
@@ -27,7 +29,21 @@ from .problems import Problem
 from .schemas import JobIn
 
 
-def body_hash(body: JobIn) -> str:
+def accepted(response, out: BaseModel, location: str, replayed: bool):
+    """What POST /v1/jobs and /v1/batches answer: 202 + Location for a new record; 200 with
+    ``Idempotent-Replayed: true`` for a replayed Idempotency-Key."""
+    from fastapi.responses import JSONResponse
+
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers=headers)
+    response.headers.update(headers)
+    return out
+
+
+def body_hash(body: BaseModel) -> str:
+    """sha256 of a validated request body (defaults filled in, keys sorted)."""
     return hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
@@ -39,14 +55,36 @@ class Idempotency:
     def path(self, who: Principal, key: str) -> Path:
         return self.folder / (hashlib.sha256(f"{who.key_id}\0{key}".encode()).hexdigest() + ".json")
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with open(self.folder / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def locked(self):
+        return file_lock(self.folder / ".lock")
+
+    def replay_or_create(self, who: Principal, key: str, digest: str, kind: str, find: Callable[[str], Any],
+                         build: Callable[[], tuple[str, Any]], create: Callable[[Any, str], Any]) -> tuple[Any, bool]:
+        """The record an Idempotency-Key already made (replayed: True), or a new one.
+
+        ``kind``: ``job`` or ``batch`` (namespace, entry field ``<kind>_id``, wording of the 409);
+        ``find(id)``: the stored record or None; ``build()``: (new id, draft), raising 4xx problems
+        for a request that does not fit; ``create(draft, entry stem)``: stores the draft. The key's
+        entry is written BEFORE the record: a crash in between leaves an entry whose record does not
+        exist (the next request with the key creates it), never a record without its entry."""
+        check_key(key)
+        entry_path = self.path(who, key if kind == "job" else f"{kind}\0{key}")
+        field = f"{kind}_id"
+        with self.locked():
+            if entry_path.exists():
+                entry = json.loads(entry_path.read_text())
+                if entry["body_hash"] != digest:
+                    what = "request body" if kind == "job" else kind
+                    raise Problem(409, f"this Idempotency-Key was already used with a different {what} ({kind} "
+                                  f"{entry[field]}); use a new key for a new {kind}", slug="idempotency-conflict",
+                                  **{field: entry[field]})
+                record = find(entry[field])
+                if record is not None:
+                    return record, True
+            new_id_, draft = build()
+            write_json_atomic(entry_path, {field: new_id_, "body_hash": digest, "key_id": who.key_id,
+                                           "created_at": time.time()})  # the retention sweep reads it
+            return create(draft, entry_path.stem), False
 
 
 # 1-255 visible ASCII characters, spaces inside (the OpenAPI says the same: routes use it as the
@@ -94,24 +132,14 @@ def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -
         record = services.store.create({**build_record(services, who, body), "body_hash": digest})
         services.enqueue(record["id"])
         return record, False
-    check_key(idempotency_key)
-    idem = services.idempotency
-    entry_path = idem.path(who, idempotency_key)
-    with idem.locked():
-        if entry_path.exists():
-            entry = json.loads(entry_path.read_text())
-            if entry["body_hash"] != digest:
-                raise Problem(409, "this Idempotency-Key was already used with a different request body (job "
-                              f"{entry['job_id']}); use a new key for a new job", slug="idempotency-conflict",
-                              job_id=entry["job_id"])
-            record = services.store.get(entry["job_id"])
-            if record is not None:
-                return record, True
-        # The key's entry is written BEFORE the job: a crash in between leaves an entry whose job
-        # does not exist (the next request with the key creates it), never a job without its entry.
-        draft = {**build_record(services, who, body), "body_hash": digest, "idempotency": entry_path.stem}
-        write_json_atomic(entry_path, {"job_id": draft["id"], "body_hash": digest, "key_id": who.key_id,
-                                       "created_at": time.time()})  # the retention sweep reads it
-        record = services.store.create(draft)
-    services.enqueue(record["id"])
-    return record, False
+
+    def build() -> tuple[str, dict[str, Any]]:
+        draft = build_record(services, who, body)
+        return draft["id"], draft
+
+    record, replayed = services.idempotency.replay_or_create(
+        who, idempotency_key, digest, "job", services.store.get, build,
+        lambda draft, stem: services.store.create({**draft, "body_hash": digest, "idempotency": stem}))
+    if not replayed:
+        services.enqueue(record["id"])
+    return record, replayed

@@ -1,4 +1,4 @@
-"""The one Celery task: run a stored job (worker.runner.execute_job) by its id.
+"""The one Celery task: run a stored job (p2sam.runner.execute_job) by its id: a thin adapter.
 
 The model pool is created once per worker process in ``worker_process_init`` (after the fork:
 CUDA is never touched in the parent); the parent re-enqueues jobs whose message may be lost
@@ -14,11 +14,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
 from p2sam.jobstore import JobStore
-from p2sam.settings import get_settings
+from p2sam.logs import configure
+from p2sam.runner import execute_job
+from p2sam.settings import apply_process_limits, get_settings
 
 from .celery_app import TASK_NAME, app
-from .logs import configure
-from .runner import execute_job
 
 log = logging.getLogger("p2sam.worker")
 _store: JobStore | None = None
@@ -34,13 +34,14 @@ def store() -> JobStore:
 @worker_process_init.connect
 def _load_models(sender: object = None, **_: object) -> None:
     """In each pool process: create the model pool and load the default model once; the worker
-    counts as ready (worker/liveness.py) only once that is done."""
+    counts as ready (p2sam/liveness.py) only once that is done."""
     from p2sam.modelpool import default_pool
 
-    from . import liveness
+    from p2sam import liveness
 
     settings = get_settings()
     configure(settings.log_level)
+    apply_process_limits(settings)
     worker = str(sender or "")
     if worker:
         liveness.mark(settings.data_dir, worker, "starting")
@@ -65,7 +66,7 @@ def _preload(settings, pool) -> None:
 @worker_ready.connect
 def _recover(**_: object) -> None:
     """In the parent, once connected: re-enqueue lost queued jobs, recover orphaned running ones."""
-    from .dispatch import Dispatcher
+    from p2sam.dispatch import Dispatcher
 
     configure(get_settings().log_level)
     def run() -> None:

@@ -1,8 +1,8 @@
 """Batches: many patients x visits on the ``batch`` queue, one task per patient.
 
 POST (with Idempotency-Key), list, status with progress per patient, report (JSON / CSV), the
-per-patient volume plot, cancel + purge. Access as for jobs: ``read`` reads any batch; ``submit``
-submits and reads / deletes its own; ``admin`` everything. Every access is audited.
+per-patient volume plot, cancel + purge. Access as for jobs (service.access): ``read`` reads any
+batch; ``submit`` submits and reads / deletes its own; ``admin`` everything. Every access is audited.
 """
 
 from __future__ import annotations
@@ -15,37 +15,16 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from p2sam.jobstore import TERMINAL
 
+from ..access import DeleteBatch, ReadBatch, ReadBatchReport, may_read
 from ..auth import Principal, principal, require
 from ..batch_schemas import BatchIn, BatchListOut, BatchOut
 from ..batch_submit import submit_batch
-from ..submit import IDEMPOTENCY_KEY_PATTERN
+from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted
 from ..problems import Problem, documented
 from .jobs import _status
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-
-
-def may_read(who: Principal, record: dict) -> bool:
-    return who.has("read") or record.get("owner", {}).get("key_id") == who.key_id
-
-
-def _batch(request: Request, batch_id: str, who: Principal, action: str, *, write: bool = False) -> dict:
-    """The batch record (settled), if ``who`` may read it (or, with ``write``, delete it)."""
-    services = request.app.state.services
-    record = services.batches.settle(batch_id)
-    if record is None:
-        services.audit.write(who, action, batch_id=batch_id if len(batch_id) <= 64 else None, outcome="not-found")
-        raise Problem(404, f"batch {batch_id} not found (GET /v1/batches lists the batches this key may read)",
-                      slug="batch-not-found")
-    own = record.get("owner", {}).get("key_id") == who.key_id
-    allowed = who.is_admin or (own and who.has("submit")) or (not write and who.has("read"))
-    if not allowed:
-        services.audit.write(who, action, batch_id=batch_id, outcome="denied", status=403)
-        need = "admin, or the submitting key" if write else "read, or being the submitting key"
-        raise Problem(403, f"this API key ('{who.name}') may not {'delete' if write else 'read'} batch {batch_id} "
-                      f"(needs: {need})", slug="forbidden")
-    return record
 
 
 def _out(request: Request, record: dict) -> BatchOut:
@@ -68,12 +47,7 @@ async def create_batch(request: Request, body: BatchIn, response: Response, who:
     services.audit.write(who, "batch.submit", batch_id=record["id"], outcome="replayed" if replayed else "ok",
                          patients=len(record["patients"]))
     out = await run_in_threadpool(_out, request, record)
-    headers = {"Location": f"/v1/batches/{record['id']}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers=headers)
-    response.headers.update(headers)
-    return out
+    return accepted(response, out, f"/v1/batches/{record['id']}", replayed)
 
 
 @router.get("", response_model=BatchListOut, responses=documented(401))
@@ -89,15 +63,14 @@ def list_batches(request: Request, who: Principal = Depends(principal), state: S
 
 
 @router.get("/{batch_id}", response_model=BatchOut, responses=documented(401, 403, 404))
-def get_batch(request: Request, batch_id: str, who: Principal = Depends(principal)) -> BatchOut:
+def get_batch(request: Request, batch_id: str, record: ReadBatch, who: Principal = Depends(principal)) -> BatchOut:
     """State, overall and per-patient progress (visits done / total, errors, attempts), summary when finished."""
-    record = _batch(request, batch_id, who, "batch.read")
     request.app.state.services.audit.write(who, "batch.read", batch_id=batch_id, state=record["state"])
     return _out(request, record)
 
 
-def _report_file(request: Request, batch_id: str, who: Principal, name: str) -> tuple[dict, object]:
-    record = _batch(request, batch_id, who, "batch.report")
+def _report_file(request: Request, record: dict, who: Principal, name: str) -> tuple[dict, object]:
+    batch_id = record["id"]
     if record.get("purged_at"):
         raise Problem(410, f"batch {batch_id} was purged (deleted or past retention); its report is gone", slug="purged")
     if record["state"] not in TERMINAL or record["state"] == "cancelled":
@@ -112,27 +85,28 @@ def _report_file(request: Request, batch_id: str, who: Principal, name: str) -> 
 
 @router.get("/{batch_id}/report", responses={200: {"description": "report.json: summary + one row per visit",
                                                    "content": {"application/json": {}}}, **documented(401, 403, 404, 409, 410)})
-def get_report(request: Request, batch_id: str, who: Principal = Depends(principal)):
+def get_report(request: Request, batch_id: str, record: ReadBatchReport, who: Principal = Depends(principal)):
     """report.json: per visit volume (+ 90% band of the samples), Dice to the ground truth where given,
     QC flags, timings, errors; summary with mean Dice per patient."""
-    _, path = _report_file(request, batch_id, who, "report.json")
+    _, path = _report_file(request, record, who, "report.json")
     return FileResponse(path, media_type="application/json", headers={"Cache-Control": "private, no-store"})
 
 
 @router.get("/{batch_id}/report.csv", responses={200: {"description": "one row per visit", "content": {"text/csv": {}}},
                                                  **documented(401, 403, 404, 409, 410)})
-def get_report_csv(request: Request, batch_id: str, who: Principal = Depends(principal)):
+def get_report_csv(request: Request, batch_id: str, record: ReadBatchReport, who: Principal = Depends(principal)):
     """report.csv: the same rows as report.json, for spreadsheets."""
-    _, path = _report_file(request, batch_id, who, "report.csv")
+    _, path = _report_file(request, record, who, "report.csv")
     return FileResponse(path, media_type="text/csv", filename=f"batch-{batch_id}.csv",
                         headers={"Cache-Control": "private, no-store"})
 
 
 @router.get("/{batch_id}/plots/{patient}", responses={200: {"description": "PNG", "content": {"image/png": {}}},
                                                       **documented(401, 403, 404, 409, 410)})
-def get_plot(request: Request, batch_id: str, patient: str, who: Principal = Depends(principal)):
+def get_plot(request: Request, batch_id: str, patient: str, record: ReadBatchReport,
+             who: Principal = Depends(principal)):
     """The patient's structure volume over visits with the samples' 90% band (PNG)."""
-    record, _ = _report_file(request, batch_id, who, "report.json")
+    record, _ = _report_file(request, record, who, "report.json")
     if patient not in [p["id"] for p in record["patients"]]:  # ids come from the manifest, never from the URL
         raise Problem(404, f"batch {batch_id} has no patient '{patient}'", slug="patient-not-found")
     path = request.app.state.services.batches.folder(batch_id) / patient / "volume.png"
@@ -143,12 +117,11 @@ def get_plot(request: Request, batch_id: str, patient: str, who: Principal = Dep
 
 @router.delete("/{batch_id}", response_model=BatchOut, responses={202: {"model": BatchOut, "description": "cancelling"},
                                                                    **documented(401, 403, 404)})
-def delete_batch(request: Request, batch_id: str, who: Principal = Depends(principal)):
+def delete_batch(request: Request, batch_id: str, record: DeleteBatch, who: Principal = Depends(principal)):
     """Cancel every patient still queued or running and purge the batch's inputs and outputs; audited.
 
     200 when done; 202 while running patients are being stopped (purged when they stop)."""
     services = request.app.state.services
-    _batch(request, batch_id, who, "batch.delete", write=True)
     record = services.batches.cancel(batch_id, who.name)
     status = 200 if record.get("purged_at") else 202
     services.audit.write(who, "batch.delete", batch_id=batch_id, state=record["state"], purged=status == 200)

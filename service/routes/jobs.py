@@ -1,7 +1,8 @@
 """Jobs: submit (with Idempotency-Key), status, results, artifact downloads, cancel + purge.
 
-Access: ``read`` reads any job; ``submit`` submits and reads / deletes the jobs it submitted;
-``admin`` does everything. Every access is audited.
+Access (service.access, one policy for jobs, batches and uploads): ``read`` reads any job;
+``submit`` submits and reads / deletes the jobs it submitted; ``admin`` does everything. Every
+access is audited.
 """
 
 from __future__ import annotations
@@ -13,33 +14,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from p2sam.batchstore import is_patient_task
-from worker.runner import MEDIA_TYPES
 from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
+from p2sam.runner import MEDIA_TYPES
 
+from ..access import DeleteJob, DownloadArtifact, ReadJob, ReadResults, may_read
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
 from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
-from ..submit import IDEMPOTENCY_KEY_PATTERN, submit
+from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def _job(request: Request, job_id: str, who: Principal, action: str, *, write: bool = False, verb: str = "delete") -> dict:
-    """The job record, if ``who`` may read it (or, with ``write``, change it: ``verb`` says how)."""
-    services = request.app.state.services
-    record = services.store.get(job_id)
-    if record is None or is_patient_task(record):
-        services.audit.write(who, action, job_id=job_id if len(job_id) <= 64 else None, outcome="not-found")
-        hint = f" (it is a patient of batch {record['batch']['id']}: see /v1/batches)" if record else ""
-        raise Problem(404, f"job {job_id} not found{hint}", slug="job-not-found")
-    own = record.get("owner", {}).get("key_id") == who.key_id
-    allowed = who.is_admin or (own and who.has("submit")) or (not write and who.has("read"))
-    if not allowed:
-        services.audit.write(who, action, job_id=job_id, outcome="denied", status=403)
-        need = "admin, or the submitting key" if write else "read, or being the submitting key"
-        raise Problem(403, f"this API key ('{who.name}') may not {verb if write else 'read'} job {job_id} "
-                      f"(needs: {need})", slug="forbidden")
-    return record
 
 
 def _status(exc: Exception) -> int:
@@ -54,8 +38,7 @@ def list_jobs(request: Request, who: Principal = Depends(principal),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> JobListOut:
     """The jobs this key may read, newest first (``read``: all; ``submit``: its own); filter by state."""
     services = request.app.state.services
-    records = [r for r in services.store.all() if not is_patient_task(r)
-               and (who.has("read") or r.get("owner", {}).get("key_id") == who.key_id)
+    records = [r for r in services.store.all() if not is_patient_task(r) and may_read(who, r)
                and (state is None or r["state"] == state)]
     records.reverse()
     page = records[offset:offset + limit]
@@ -77,19 +60,12 @@ async def create_job(request: Request, body: JobIn, response: Response, who: Pri
         services.audit.write(who, "job.submit", outcome="rejected", status=_status(exc))
         raise
     services.audit.write(who, "job.submit", job_id=record["id"], outcome="replayed" if replayed else "ok")
-    out = JobOut.of(record)
-    headers = {"Location": f"/v1/jobs/{record['id']}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(out.model_dump(mode="json"), status_code=200, headers=headers)
-    response.headers.update(headers)
-    return out
+    return accepted(response, JobOut.of(record), f"/v1/jobs/{record['id']}", replayed)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=documented(401, 403, 404))
-def get_job(request: Request, job_id: str, who: Principal = Depends(principal)) -> JobOut:
+def get_job(request: Request, job_id: str, record: ReadJob, who: Principal = Depends(principal)) -> JobOut:
     """State (queued, running, succeeded, failed, cancelled), stage, progress, model, warnings, error."""
-    record = _job(request, job_id, who, "job.read")
     request.app.state.services.audit.write(who, "job.read", job_id=job_id, state=record["state"])
     return JobOut.of(record)
 
@@ -103,9 +79,8 @@ def _finished(record: dict) -> None:
 
 
 @router.get("/{job_id}/results", response_model=ResultsOut, responses=documented(401, 403, 404, 409, 410))
-def get_results(request: Request, job_id: str, who: Principal = Depends(principal)) -> ResultsOut:
+def get_results(request: Request, job_id: str, record: ReadResults, who: Principal = Depends(principal)) -> ResultsOut:
     """Per target: found, volume, QC review flag, flagged slices, warnings, artifacts (size, sha256, url)."""
-    record = _job(request, job_id, who, "results.read")
     _finished(record)
     request.app.state.services.audit.write(who, "results.read", job_id=job_id)
     summary = record.get("summary") or {}
@@ -126,10 +101,9 @@ def get_results(request: Request, job_id: str, who: Principal = Depends(principa
           "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in sorted({*MEDIA_TYPES.values(), "application/octet-stream"})}},
     304: {"description": "not modified"},
     **documented(401, 403, 404, 409, 410)})
-def get_artifact(request: Request, job_id: str, target: str, name: str, who: Principal = Depends(principal),
-                 if_none_match: str | None = Header(None, alias="If-None-Match")):
+def get_artifact(request: Request, job_id: str, target: str, name: str, record: DownloadArtifact,
+                 who: Principal = Depends(principal), if_none_match: str | None = Header(None, alias="If-None-Match")):
     """Download one result file; ETag = its sha256 (If-None-Match -> 304)."""
-    record = _job(request, job_id, who, "artifact.download")
     _finished(record)
     entry = next((a for t in record.get("results") or [] if t["target"] == target for a in t["artifacts"] if a["name"] == name), None)
     if entry is None:
@@ -149,12 +123,11 @@ def get_artifact(request: Request, job_id: str, target: str, name: str, who: Pri
 
 @router.delete("/{job_id}", response_model=JobOut, responses={202: {"model": JobOut, "description": "cancelling"},
                                                                **documented(401, 403, 404)})
-def delete_job(request: Request, job_id: str, who: Principal = Depends(principal)):
+def delete_job(request: Request, job_id: str, record: DeleteJob, who: Principal = Depends(principal)):
     """Cancel (if queued or running) and purge the job's inputs and outputs; audited.
 
     200 when done; 202 while a running job is being stopped (its worker purges it when it stops)."""
     services = request.app.state.services
-    record = _job(request, job_id, who, "job.delete", write=True)
     store = services.store
     status = 200
     if record["state"] == QUEUED:

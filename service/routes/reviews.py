@@ -11,21 +11,22 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
+from ..access import ReviewJob
 from ..auth import Principal, principal
 from ..problems import Problem, documented
 from ..schemas import ReviewIn, ReviewOut
-from .jobs import _finished, _job
+from .jobs import _finished
 
 router = APIRouter(prefix="/v1/jobs", tags=["reviews"])
 
 
 @router.post("/{job_id}/reviews", status_code=201, response_model=ReviewOut,
              responses=documented(401, 403, 404, 409, 410, 422))
-def create_review(request: Request, job_id: str, body: ReviewIn, who: Principal = Depends(principal)) -> ReviewOut:
+def create_review(request: Request, job_id: str, body: ReviewIn, record: ReviewJob,
+                  who: Principal = Depends(principal)) -> ReviewOut:
     """Accept or reject one target's result (a comment is required to reject); the latest decision
     per target is kept in the job (``reviews``) and every decision is audited."""
     services = request.app.state.services
-    record = _job(request, job_id, who, "review.create", write=True, verb="review")
     _finished(record)
     if body.target not in record.get("targets", []):
         raise Problem(422, f"target: job {job_id} has no target '{body.target}'; its targets: "

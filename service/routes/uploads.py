@@ -7,7 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from p2sam.jobstore import ACTIVE
 
-from ..auth import Principal, require
+from ..access import OwnUpload
+from ..auth import Principal, principal, require
 from ..problems import Problem, documented
 from ..receive import receive_files
 from ..schemas import UploadOut
@@ -49,24 +50,17 @@ async def create_upload(request: Request, response: Response, who: Principal = D
     return UploadOut.of(manifest)
 
 
-def _own(request: Request, upload_id: str, who: Principal) -> dict:
-    manifest = request.app.state.services.uploads.manifest(upload_id)
-    if manifest is None or (not who.is_admin and manifest.get("owner") != who.key_id):
-        raise Problem(404, f"upload {upload_id} not found", slug="upload-not-found")
-    return manifest
-
-
 @router.get("/{upload_id}", response_model=UploadOut, responses=documented(401, 403, 404))
-def get_upload(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> UploadOut:
+def get_upload(request: Request, upload_id: str, manifest: OwnUpload) -> UploadOut:
     """What an upload holds (for the key that sent it, or an admin)."""
-    return UploadOut.of(_own(request, upload_id, who))
+    return UploadOut.of(manifest)
 
 
 @router.delete("/{upload_id}", status_code=204, responses=documented(401, 403, 404, 409))
-def delete_upload(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> Response:
+def delete_upload(request: Request, upload_id: str, manifest: OwnUpload,
+                  who: Principal = Depends(principal)) -> Response:
     """Delete an upload no queued or running job uses (audited)."""
     services = request.app.state.services
-    _own(request, upload_id, who)
     busy = [r["id"] for r in services.store.by_state(*ACTIVE) if upload_id in r.get("uploads", [])]
     if busy:
         raise Problem(409, f"upload {upload_id} is used by job(s) still queued or running: {', '.join(busy)}", slug="upload-in-use")

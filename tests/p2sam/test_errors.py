@@ -83,7 +83,7 @@ def test_worker_reports_a_missing_latent_head_as_422_not_500(tmp_path, model_dir
     here the random test model) is the caller's to fix; the worker said 500 internal-error."""
     from p2sam.jobstore import FAILED, JobStore, new_id
     from p2sam.settings import Settings
-    from worker.runner import execute_job
+    from p2sam.runner import execute_job
 
     data = tmp_path / "data"
     store = JobStore(data)
