@@ -51,8 +51,16 @@ def list_series(path: "PathLike | Sequence[PathLike]") -> list[dicom_read.Series
 def read_image(path: "PathLike | Sequence[PathLike]", series_uid: str | None = None) -> Volume:
     """Read an image -> Volume ((z, y, x), LPS geometry; CT as float32 HU).
 
-    DICOM input may hold several series: choose with ``series_uid`` (the error lists
-    them). Non-image DICOM objects and non-DICOM files in folders/zips are ignored."""
+    Arguments:
+      path: a DICOM series (folder, zip, file or list of files), a NIfTI file, or a PNG/JPEG picture.
+      series_uid: which DICOM series, when the input holds several (the error lists them).
+
+    Returns:
+      a :class:`Volume`: ``array`` ``(z, y, x)`` = (slice, row, col) (RGB pictures ``(1, H, W, 3)``
+      uint8); ``world = origin + direction @ (spacing * [col, row, slice])`` in DICOM patient
+      coordinates (LPS, mm; see imaging.volume); NIfTI's RAS is converted.
+      Non-image DICOM objects and non-DICOM files in folders/zips are ignored; anything
+      unreadable raises ImagingError with a one-line reason."""
     kind = _single_kind(path)
     if kind == "nifti":
         return nifti.read_nifti(path)
@@ -127,10 +135,18 @@ def read_mask_detail(path: PathLike, image: Volume, roi: "str | int | None" = No
 
 def read_mask(path: PathLike, image: Volume, roi: "str | int | None" = None, *,
               allow_missing_references: bool = False) -> np.ndarray:
-    """Prior mask on ``image``'s grid -> bool (z, y, x). ``roi``: RTSTRUCT ROI name or
-    number, SEG segment label or number, NIfTI label value (None: the only ROI/segment,
-    or any non-zero NIfTI voxel). See :func:`imaging.rtstruct.read_rtstruct_roi` for
-    ``allow_missing_references``."""
+    """Prior mask on ``image``'s grid -> bool (z, y, x).
+
+    Arguments:
+      path: an RTSTRUCT, DICOM SEG, NIfTI label map or PNG/JPEG mask.
+      image: the Volume the mask is drawn on (from :func:`read_image`); the mask is resampled onto
+        its grid through patient coordinates (LPS mm), never by array index.
+      roi: RTSTRUCT ROI name or number, SEG segment label or number, NIfTI label value (None: the
+        only ROI/segment, or any non-zero NIfTI voxel).
+      allow_missing_references: see :func:`imaging.rtstruct.read_rtstruct_roi`.
+
+    Returns:
+      ``(z, y, x)`` bool, ``image.shape``; ImagingError (one line) when it does not fit the image."""
     return read_mask_detail(path, image, roi, allow_missing_references=allow_missing_references).mask
 
 

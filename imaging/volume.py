@@ -188,12 +188,3 @@ def to_sitk(volume: Volume, array: np.ndarray | None = None):
     img.SetSpacing(tuple(float(v) for v in volume.spacing))
     img.SetDirection(tuple(float(v) for v in volume.direction.ravel()))
     return img
-
-
-def geometry_from_sitk(img) -> dict:
-    """SimpleITK image -> dict(origin, spacing, direction) in our (LPS) conventions."""
-    return {
-        "origin": np.array(img.GetOrigin(), dtype=float),
-        "spacing": np.array(img.GetSpacing(), dtype=float),
-        "direction": np.array(img.GetDirection(), dtype=float).reshape(3, 3),
-    }

@@ -348,8 +348,19 @@ class P2SAMEngine:
     ) -> Segmentation:
         """Segment the prior's structure on ``target``.
 
-        ``fixed`` uses ``n_pos`` positive parts and ``n_neg`` negatives (default: the ranges'
-        lower ends). A target where nothing is found gives ``found=False`` and an empty mask.
+        Arguments:
+          target: the follow-up image, ``H x W x 3`` uint8 RGB (array order: rows = y, columns = x),
+            or its ``EncodedImage`` from :meth:`encode` (encode once, segment many times).
+          prior: from :meth:`set_prior` (the prior image's encoding and parts); needed by every
+            method but ``box``-less direct transfer.
+          method: ``p2sam`` (retrieval over the config's ``pos_range`` x ``neg_range``), ``fixed``,
+            ``persam``, ``direct`` or ``box``.
+          n_pos, n_neg: ``fixed`` only: the part counts (default: the ranges' lower ends).
+
+        Returns:
+          a :class:`Segmentation`: ``mask`` ``H x W`` bool and ``logits`` ``H x W`` float32 at the
+          target's original size; the candidates tried, their prompt points ``N x 2`` as ``(x, y)``
+          original pixels. A target where nothing is found gives ``found=False`` and an empty mask.
         """
         cfg = self.config
         timings: dict[str, float] = {}

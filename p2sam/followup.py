@@ -69,9 +69,24 @@ def segment_followup(
 ) -> FollowupResult:
     """Segment the prior's structure on every follow-up slice that should contain it.
 
-    Follow-up slices are encoded in batches (one encoder call for B slices, B from
-    ``encode_batch_mb``, see ``P2SAMEngine.encode_batch_size``; 0: one at a time); the prior
-    slices' encodings come from the pool's cache."""
+    Arguments:
+      prior, target: the prior and follow-up images (:class:`imaging.Volume`: array ``(z, y, x)``,
+        geometry in DICOM patient coordinates, LPS mm; a 2-D picture is one slice, ``(1, H, W[, 3])``).
+      prior_mask: ``(z, y, x)`` bool on the prior's grid (the prior contour).
+      engine, pool, model_name: the model's engine and the process's ModelPool (priors cached by it).
+      method: the engine's method (``p2sam``, ``fixed``, ``persam``, ``direct``, ``box``).
+      window: CT window (preset name or ``(lo, hi)`` HU) for grey-level images.
+      margin: follow-up slices beyond the registered prior structure also segmented.
+      sampler: uncertainty sampling (None / kind ``none``: no samples).
+      progress, is_cancelled: ``progress(fraction in [0, 1], message)``; polled between slices.
+      encode_batch_mb: follow-up slices are encoded in batches (one encoder call for B slices, B
+        from this budget, see ``P2SAMEngine.encode_batch_size``; 0: one at a time); the prior
+        slices' encodings come from the pool's cache.
+
+    Returns:
+      a :class:`FollowupResult` on the target's grid: ``mask`` ``(z, y, x)`` bool, ``probability``
+      ``(z, y, x)`` float32, ``samples`` ``(K, z, y, x)`` bool or None, per-slice results, the
+      registration used (prior -> target, rigid, LPS mm) and warnings."""
     t0 = time.perf_counter()
     warnings: list[str] = []
     if prior.is_rgb != target.is_rgb:

@@ -1,4 +1,5 @@
-"""The one job function: the CLI, the embedded service, the Celery task and the benchmarks call it.
+"""The one job function: `p2sam segment`, the job runner (p2sam.runner: the Celery task and the
+embedded service) and bench.volumes call it.
 
     summary = run_job(spec, out_dir)   # spec: JobSpec; writes out_dir/<target>/...
 
@@ -70,8 +71,21 @@ def run_job(
 ) -> dict[str, Any]:
     """Segment every target of ``spec``; returns the job summary (also in each result.json).
 
-    ``on_model`` is told the model (name, backbone, sha256) as soon as it is loaded, so a job's
-    status can show it while the job still runs.
+    Arguments:
+      spec: the job (local paths: prior image + contour, targets, outputs, model, sampler, ...).
+      out_dir: written as ``out_dir/<target name>/`` (result.json, rtstruct.dcm, seg.dcm,
+        mask.nii.gz, ...), each folder appearing atomically; finished targets are skipped.
+      pool: the process's ModelPool (default: p2sam.modelpool.default_pool()).
+      progress: ``progress(stage, fraction of the whole job in [0, 1], message)``.
+      is_cancelled: polled between steps; True stops the job with JobCancelled.
+      settings: defaults for what the spec leaves unset (P2SAM_*; default get_settings()).
+      on_model: told the model (name, backbone, sha256) as soon as it is loaded, so a job's
+        status can show it while the job still runs.
+
+    Returns:
+      ``{model, method, ..., "targets": [per-target summary: found, volume_ml / area_mm2, QC review,
+      flagged slices, warnings, files]}``. Arrays never leave the files: masks are ``(z, y, x)``
+      on the target's grid, contours in DICOM patient coordinates (LPS, mm).
     """
     settings = settings or get_settings()
     pool = pool or default_pool()

@@ -1,6 +1,7 @@
 """Quality-control numbers for one follow-up: volume, its uncertainty, and slices to review.
 
-Thresholds are module constants (chosen on development data, see bench.uncertainty) so the
+Thresholds come from the model card's ``qc`` section (calibrated by ``bench.uncertainty
+--calibrate``: :func:`thresholds_from_card`), else from the module constants below, so the
 reasons a slice is flagged are stated, not hidden.
 """
 
