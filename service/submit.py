@@ -29,6 +29,25 @@ from .problems import Problem
 from .schemas import JobIn
 
 
+async def audited_submit(services, who: Principal, action: str, submit_fn: Callable, body: BaseModel,
+                         idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """``submit_fn(services, who, body, key)`` in the thread pool; a refusal of any kind (a bug's 500
+    too) is audited as ``action`` rejected, with its status, then raised."""
+    from fastapi.concurrency import run_in_threadpool
+
+    try:
+        return await run_in_threadpool(submit_fn, services, who, body, idempotency_key)
+    except Exception as exc:
+        services.audit.write(who, action, outcome="rejected", status=_status(exc))
+        raise
+
+
+def _status(exc: Exception) -> int:
+    from p2sam.errors import classify
+
+    return exc.status if isinstance(exc, Problem) else classify(exc).status
+
+
 def accepted(response, out: BaseModel, location: str, replayed: bool):
     """What POST /v1/jobs and /v1/batches answer: 202 + Location for a new record; 200 with
     ``Idempotent-Replayed: true`` for a replayed Idempotency-Key."""

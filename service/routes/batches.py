@@ -19,9 +19,8 @@ from ..access import DeleteBatch, ReadBatch, ReadBatchReport, may_read
 from ..auth import Principal, principal, require
 from ..batch_schemas import BatchIn, BatchListOut, BatchOut
 from ..batch_submit import submit_batch
-from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted
+from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, audited_submit
 from ..problems import Problem, documented
-from .jobs import _status
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -39,11 +38,7 @@ async def create_batch(request: Request, body: BatchIn, response: Response, who:
     """Submit a batch: per patient a prior (image + contour) and visits in order, by upload id, optionally
     with ground-truth masks; one task per patient runs on the batch queue. 202 + Location."""
     services = request.app.state.services
-    try:
-        record, replayed = await run_in_threadpool(submit_batch, services, who, body, idempotency_key)
-    except Exception as exc:  # audited whatever it is (a bug's 500 too)
-        services.audit.write(who, "batch.submit", outcome="rejected", status=_status(exc))
-        raise
+    record, replayed = await audited_submit(services, who, "batch.submit", submit_batch, body, idempotency_key)
     services.audit.write(who, "batch.submit", batch_id=record["id"], outcome="replayed" if replayed else "ok",
                          patients=len(record["patients"]))
     out = await run_in_threadpool(_out, request, record)

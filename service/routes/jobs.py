@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
 from p2sam.batchstore import is_patient_task
@@ -21,15 +20,9 @@ from ..access import DeleteJob, DownloadArtifact, ReadJob, ReadResults, may_read
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
 from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
-from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, submit
+from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, audited_submit, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def _status(exc: Exception) -> int:
-    from p2sam.errors import classify
-
-    return exc.status if isinstance(exc, Problem) else classify(exc).status
 
 
 @router.get("", response_model=JobListOut, responses=documented(401))
@@ -54,11 +47,7 @@ async def create_job(request: Request, body: JobIn, response: Response, who: Pri
     """Submit a job: prior (image + contour) and follow-ups, by upload id. 202 + Location;
     a replay of an Idempotency-Key with the same body answers 200 with the same job."""
     services = request.app.state.services
-    try:
-        record, replayed = await run_in_threadpool(submit, services, who, body, idempotency_key)
-    except Exception as exc:  # audited whatever it is (a bug's 500 too)
-        services.audit.write(who, "job.submit", outcome="rejected", status=_status(exc))
-        raise
+    record, replayed = await audited_submit(services, who, "job.submit", submit, body, idempotency_key)
     services.audit.write(who, "job.submit", job_id=record["id"], outcome="replayed" if replayed else "ok")
     return accepted(response, JobOut.of(record), f"/v1/jobs/{record['id']}", replayed)
 
