@@ -111,6 +111,14 @@ class Idempotency:
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
 
 
+def idempotency_header(what: str):
+    """The ``Idempotency-Key`` header parameter of POST /v1/jobs and /v1/batches (``what``: job, batch)."""
+    from fastapi import Header
+
+    return Header(None, alias="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN,
+                  description=f"1-255 visible ASCII characters; same key + same body -> the same {what}; different body -> 409")
+
+
 def check_key(key: str) -> None:
     import re
 

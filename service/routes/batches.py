@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -19,7 +19,7 @@ from ..access import DeleteBatch, ReadBatch, ReadBatchReport, may_read
 from ..auth import Principal, principal, require
 from ..batch_schemas import BatchIn, BatchListOut, BatchOut
 from ..batch_submit import submit_batch
-from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, audited_submit
+from ..submit import accepted, audited_submit, idempotency_header
 from ..problems import Problem, documented
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -32,9 +32,7 @@ def _out(request: Request, record: dict) -> BatchOut:
 
 @router.post("", status_code=202, response_model=BatchOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
 async def create_batch(request: Request, body: BatchIn, response: Response, who: Principal = Depends(require("submit")),
-                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
-                                                            pattern=IDEMPOTENCY_KEY_PATTERN,
-                                                            description="1-255 visible ASCII characters; same key + same body -> the same batch; different body -> 409")):
+                       idempotency_key: str | None = idempotency_header("batch")):
     """Submit a batch: per patient a prior (image + contour) and visits in order, by upload id, optionally
     with ground-truth masks; one task per patient runs on the batch queue. 202 + Location."""
     services = request.app.state.services

@@ -20,7 +20,7 @@ from ..access import DeleteJob, DownloadArtifact, ReadJob, ReadResults, may_read
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
 from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
-from ..submit import IDEMPOTENCY_KEY_PATTERN, accepted, audited_submit, submit
+from ..submit import accepted, audited_submit, idempotency_header, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -41,9 +41,7 @@ def list_jobs(request: Request, who: Principal = Depends(principal),
 
 @router.post("", status_code=202, response_model=JobOut, responses=documented(400, 401, 403, 404, 409, 413, 422))
 async def create_job(request: Request, body: JobIn, response: Response, who: Principal = Depends(require("submit")),
-                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
-                                                          pattern=IDEMPOTENCY_KEY_PATTERN,
-                                                          description="1-255 visible ASCII characters; same key + same body -> the same job; different body -> 409")):
+                     idempotency_key: str | None = idempotency_header("job")):
     """Submit a job: prior (image + contour) and follow-ups, by upload id. 202 + Location;
     a replay of an Idempotency-Key with the same body answers 200 with the same job."""
     services = request.app.state.services
