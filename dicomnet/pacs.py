@@ -153,7 +153,7 @@ def split_multipart(raw: Path, content_type: str, into: Path, where: str, prefix
 # --- DIMSE: C-FIND + C-GET
 _GET_STORAGE = ("CTImageStorage", "MRImageStorage", "PositronEmissionTomographyImageStorage", "EnhancedCTImageStorage",
                 "EnhancedMRImageStorage", "RTStructureSetStorage", "SegmentationStorage", "SecondaryCaptureImageStorage",
-                "RTDoseStorage", "RTPlanStorage", "ComputedRadiographyImageStorage", "DigitalXRayImagePresentationStorage",
+                "RTDoseStorage", "RTPlanStorage", "ComputedRadiographyImageStorage", "DigitalXRayImageStorageForPresentation",
                 "UltrasoundImageStorage", "NuclearMedicineImageStorage")
 
 
