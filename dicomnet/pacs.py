@@ -11,6 +11,7 @@ HTTP / DIMSE statuses and counts; the caller's own UIDs only where they say what
 
 from __future__ import annotations
 
+import logging
 import mmap
 import re
 from pathlib import Path
@@ -39,7 +40,17 @@ SeriesInfo = dict[str, Any]  # {"study_uid", "series_uid", "modality", "instance
 
 
 def source_for(peer: Peer, settings):
+    quiet_libraries()
     return DicomWebSource(peer, settings) if peer.protocol == "stow-rs" else DimseSource(peer, settings)
+
+
+def quiet_libraries() -> None:
+    """httpx logs every URL (study / series UIDs in the path) and pynetdicom every query identifier
+    at INFO: keep them at WARNING in the processes that pull (the worker)."""
+    for name in ("httpx", "httpcore", "pynetdicom"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 # --- DICOMweb
