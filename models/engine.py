@@ -29,7 +29,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
-from .candidates import SelectionWeights, eligible, mask_prompt, overlaps, propagated_box, selection_scores
+from .candidates import KINDS_WITH_LOCATION, SelectionWeights, eligible, mask_prompt, overlaps, propagated_box, selection_scores
 from .cascade import CascadeInput, run_cascade
 from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
 from .features import capture, combine
@@ -184,6 +184,14 @@ class Segmentation:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     selection: str = "retrieval"  # retrieval (smallest W) | location (models/candidates.py rule)
+    retrieval_chosen: int | None = None  # p2sam: the candidate plain retrieval (smallest W, point candidates) chose
+
+    def candidate_mask(self, sam: Sam, index: int | None, input_size: tuple[int, int]) -> np.ndarray:
+        """Candidate ``index``'s mask at the target's original size (empty for None)."""
+        if index is None:
+            return np.zeros(self.mask.shape, bool)
+        full = upscale_logits(sam, self.candidate_logits[index : index + 1], input_size, self.mask.shape)[0, 0]
+        return (full > sam.mask_threshold).cpu().numpy()
 
     @property
     def best(self) -> Candidate | None:
@@ -196,6 +204,7 @@ class Segmentation:
             "found": self.found,
             "selection": self.selection,
             "kind": best.kind if best else None,
+            "retrieval_chosen": self.retrieval_chosen,
             "n_pos": best.n_pos if best else None,
             "n_neg": best.n_neg if best else None,
             "points": best.points.tolist() if best else [],
@@ -398,6 +407,7 @@ class P2SAMEngine:
             if location.shape != enc.original_size:
                 raise EngineInputError(f"location mask is {location.shape}, the target is {enc.original_size}: they must match")
         guided_by_location = method == "p2sam" and cfg.location and location is not None
+        retrieval_chosen = None
 
         # PerSAM (and P²SAM on natural images, as in the reference) use the argmin negative,
         # target-guided attention and target-semantic prompting.
@@ -466,8 +476,10 @@ class P2SAMEngine:
                     cand.area = area
             for cand, score in zip(cands, scores):
                 cand.score = score
-            # pruned candidates report their step (a) score but are not chosen (reference: all are refined)
-            chosen = pick_best([sc if c.refined else math.inf for c, sc in zip(cands, scores)])
+            # pruned candidates report their step (a) score but are not chosen (reference: all are refined);
+            # the registration-guided candidates are not retrieval's to choose
+            chosen = pick_best([sc if c.refined and c.kind not in KINDS_WITH_LOCATION else math.inf for c, sc in zip(cands, scores)])
+            retrieval_chosen = chosen
             if cfg.location and location is not None:
                 chosen = self._select(cands, low_res, enc, prior, location)
         else:
@@ -492,7 +504,7 @@ class P2SAMEngine:
         return Segmentation(
             method=method, mask=mask, logits=logits, found=found, chosen=chosen if found else None,
             candidates=cands, candidate_logits=low_res, timings=timings, warnings=warnings,
-            selection="location" if method == "p2sam" and cfg.location and location is not None else "retrieval",
+            selection="location" if guided_by_location else "retrieval", retrieval_chosen=retrieval_chosen,
         )
 
     def _location_candidates(self, location: np.ndarray, cands: list[Candidate], inputs: list[CascadeInput]) -> None:
