@@ -51,13 +51,13 @@ class SelectionWeights:
 
 def propagated_box(mask: np.ndarray, margin: float) -> np.ndarray | None:
     """Box (x0, y0, x1, y1) of a H x W bool mask, widened by ``margin`` x its size on every side
-    (at least 1 pixel), clipped to the image; None for an empty mask."""
+    (at least 1 pixel when ``margin`` > 0), clipped to the image; None for an empty mask."""
     ys, xs = np.nonzero(mask)
     if not len(xs):
         return None
     h, w = mask.shape
     x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    dx, dy = max(1.0, margin * (x1 - x0 + 1)), max(1.0, margin * (y1 - y0 + 1))
+    dx, dy = (max(1.0, margin * (x1 - x0 + 1)), max(1.0, margin * (y1 - y0 + 1))) if margin > 0 else (0.0, 0.0)
     return np.array([max(0.0, x0 - dx), max(0.0, y0 - dy), min(w - 1.0, x1 + dx), min(h - 1.0, y1 + dy)], dtype=np.float64)
 
 
