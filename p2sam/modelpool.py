@@ -145,8 +145,9 @@ def engine_config(card: dict[str, Any]) -> P2SAMConfig:
 
 
 def engine_settings(settings: Settings) -> dict[str, Any]:
-    """Engine fields the service settings decide (P2SAM_PRUNE_K, P2SAM_SHARE_PROMPTS, P2SAM_ENCODER_DTYPE)."""
-    return {"prune_k": settings.prune_k, "share_prompts": settings.share_prompts, "encoder_dtype": settings.encoder_dtype}
+    """Engine fields the service settings decide (P2SAM_PRUNE_K, P2SAM_SHARE_PROMPTS, P2SAM_ENCODER_DTYPE, P2SAM_LOCATION)."""
+    return {"prune_k": settings.prune_k, "share_prompts": settings.share_prompts, "encoder_dtype": settings.encoder_dtype,
+            "location": settings.location}
 
 
 def sampler_config(card: dict[str, Any], kind: str, k: int) -> SamplerConfig:
