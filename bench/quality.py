@@ -8,8 +8,14 @@ and the first 3 are not scored; Dice per frame -> mean per sequence -> mean over
 All methods run on the same backbone and on the same cached encoding of each frame (each frame
 is encoded once): direct transfer (no prompt), PerSAM, the prior box (the prior mask's bounding
 box as a box prompt on every frame, what a MedSAM user does today), P²SAM at a fixed part count
-n = 1..5 (no retrieval) and P²SAM with retrieval (1-5 positives x 1-3 negatives). Prints a table like
-the paper's Table 6; the LAST line is ``p2sam_dice <mean Dice with retrieval>``.
+n = 1..5 (no retrieval) and P²SAM with retrieval (1-5 positives x 1-3 negatives). With a picture
+registration (``--registration affine``, the default, or ``rigid``; ``off`` drops these columns)
+the prior frame is registered to each target (``imaging.register_pictures``), its mask mapped onto
+it, and two more columns are run: the registered box (the mapped mask's box as the box prompt)
+and P²SAM + location (the registration-guided candidates and selection rule of
+models/candidates.py; the retrieval column is then read from the same run: plain retrieval's
+choice among its point candidates, the same masks as a separate run). Prints a table like the
+paper's Table 6; the LAST line is ``p2sam_dice <mean Dice with retrieval>``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imaging import register_pictures
 from models import P2SAMEngine
 from models.regraf import RegrafConfig
 from p2sam.modelpool import RECOMMENDED_ENGINE
@@ -69,12 +76,13 @@ def find_sequences(root: str | Path) -> dict[str, list[Frame]]:
     return out
 
 
-def method_names(regraf: bool = False) -> list[str]:
-    return ["direct", "persam", "prior_box"] + [f"fixed{n}" for n in FIXED_NS] + ["p2sam"] + (["regraf"] if regraf else [])
+def method_names(regraf: bool = False, location: bool = False) -> list[str]:
+    return (["direct", "persam", "prior_box"] + (["registered_box"] if location else []) + [f"fixed{n}" for n in FIXED_NS]
+            + ["p2sam"] + (["p2sam_location"] if location else []) + (["regraf"] if regraf else []))
 
 
 def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = False, regraf: P2SAMEngine | None = None,
-                      frame_step: int = 1) -> dict:
+                      frame_step: int = 1, registration: str | None = None) -> dict:
     """Dice of every method on the scored frames of one sequence.
 
     Returns ``{"frames": [n, ...], "dice": {method: [per scored frame]}, "chosen": [(n_pos, n_neg)],
@@ -82,7 +90,9 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
     candidate per frame (``"oracle"``, a diagnostic); with ``regraf`` (the same engine with ReGRAF
     on), P²SAM + ReGRAF (``"regraf"``) and its wall time per target next to plain P²SAM's. With
     ``frame_step`` k > 1 only every k-th scored frame (4th, 4+k-th, ...) is predicted and scored: a
-    cheaper estimate of the same protocol (each frame is segmented from the prior alone).
+    cheaper estimate of the same protocol (each frame is segmented from the prior alone). With
+    ``registration`` (``affine`` | ``rigid``), also ``registered_box`` and ``p2sam_location`` (see
+    the module docstring), and per frame the registration's method and NCC (``"registration"``).
     """
     if frame_step > 1:  # the prior frame, then every k-th scored frame; the unscored ones are not predicted
         picked = [i for i in range(UNSCORED, len(frames)) if (i - UNSCORED) % frame_step == 0]
@@ -90,16 +100,33 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
     encoded = [engine.encode(read_rgb(f.image)) if i >= PRIOR_INDEX or frame_step == 1 else None for i, f in enumerate(frames)]
     truths = [read_mask(f.mask) for f in frames]
     prior = engine.set_prior(encoded[PRIOR_INDEX], truths[PRIOR_INDEX])
-    names = method_names(regraf is not None)
+    names = method_names(regraf is not None, registration is not None)
     scores: dict[str, list[float]] = {m: [] for m in names + (["oracle"] if oracle else [])}
-    seconds: dict[str, list[float]] = {"p2sam": [], "regraf": []}
-    scored, chosen = [], []
+    seconds: dict[str, list[float]] = {"p2sam": [], "regraf": [], "p2sam_location": []}
+    scored, chosen, registered = [], [], []
+    located = engine.with_config(location=True) if registration else None
+    prior_image = read_rgb(frames[PRIOR_INDEX].image) if registration else None
     for i, (enc, truth) in enumerate(zip(encoded, truths)):
         if frame_step > 1 and i < UNSCORED:
             continue
-        t = time.perf_counter()
-        results = {"p2sam": engine.segment(enc, prior, method="p2sam")}
-        seconds["p2sam"].append(time.perf_counter() - t)
+        results = {}
+        if located is not None:
+            t = time.perf_counter()
+            reg = register_pictures(prior_image, read_rgb(frames[i].image), registration)
+            loc = reg.map_mask(truths[PRIOR_INDEX])
+            results["p2sam_location"] = located.segment(enc, prior, method="p2sam", location=loc)
+            seconds["p2sam_location"].append(time.perf_counter() - t)
+            results["registered_box"] = engine.segment(enc, prior, method="box", location=loc)
+            registered.append({"method": reg.method, "ncc_before": reg.ncc_before, "ncc_after": reg.ncc_after})
+        if located is not None and engine.config.prune_k == 0 and regraf is None:  # the same masks as a plain run: read them off
+            # (with --regraf, plain P²SAM runs on its own: its time per target is compared)
+            res = results["p2sam_location"]
+            results["p2sam"] = _RetrievalView(res.candidate_mask(engine.sam, res.retrieval_chosen, enc.input_size),
+                                             None if res.retrieval_chosen is None else res.candidates[res.retrieval_chosen])
+        else:
+            t = time.perf_counter()
+            results["p2sam"] = engine.segment(enc, prior, method="p2sam")
+            seconds["p2sam"].append(time.perf_counter() - t)
         results["direct"] = engine.segment(enc, None, method="direct")
         results["persam"] = engine.segment(enc, prior, method="persam")
         results["prior_box"] = engine.segment(enc, prior, method="box")
@@ -119,8 +146,16 @@ def evaluate_sequence(engine: P2SAMEngine, frames: list[Frame], oracle: bool = F
         best = results["p2sam"].best
         chosen.append((best.n_pos, best.n_neg) if best else None)
         if oracle:
-            scores["oracle"].append(_oracle(engine, results["p2sam"], enc, truth))
-    return {"frames": scored, "dice": scores, "chosen": chosen, "seconds": seconds}
+            scores["oracle"].append(_oracle(engine, results.get("p2sam_location", results["p2sam"]), enc, truth))
+    return {"frames": scored, "dice": scores, "chosen": chosen, "seconds": seconds, "registration": registered[-len(scored):] if scored else []}
+
+
+@dataclass
+class _RetrievalView:
+    """Plain retrieval's answer read off a P²SAM + location run (its choice among the point candidates)."""
+
+    mask: np.ndarray
+    best: object
 
 
 def _choice(best):
@@ -218,16 +253,21 @@ def summarize(per_sequence: dict[str, dict]) -> dict:
             "direct": means.get("direct"),
             "persam": means.get("persam"),
             "prior_box": means.get("prior_box"),
+            "registered_box": means.get("registered_box"),
             "p2sam_fixed": {str(n): means.get(f"fixed{n}") for n in FIXED_NS},
             "p2sam_retrieval": means.get("p2sam"),
+            "p2sam_location": means.get("p2sam_location"),
             "frames_scored": len(res["frames"]),
         }
+        regs = res.get("registration") or []
+        if regs:
+            entry["registration_identity_share"] = float(np.mean([r["method"] == "identity" for r in regs]))
         for extra in ("oracle", "regraf"):
             if extra in means:
                 entry[extra] = means[extra]
         seq_means[name] = entry
     out = over_sequences(seq_means)
-    timed = {k: [s for r in per_sequence.values() for s in r.get("seconds", {}).get(k, [])] for k in ("p2sam", "regraf")}
+    timed = {k: [s for r in per_sequence.values() for s in r.get("seconds", {}).get(k, [])] for k in ("p2sam", "regraf", "p2sam_location")}
     out["seconds_per_target"] = {k: float(np.mean(v)) for k, v in timed.items() if v}
     return out
 
@@ -238,14 +278,16 @@ def over_sequences(seq_means: dict[str, dict]) -> dict:
 
     def over(get):
         vals = [get(seq_means[n]) for n in names]
-        return float(np.mean(vals)) if vals else float("nan")
+        return float(np.mean(vals)) if vals and None not in vals else (None if None in vals else float("nan"))
 
     out = {
         "direct": over(lambda e: e["direct"]),
         "persam": over(lambda e: e["persam"]),
         "prior_box": over(lambda e: e["prior_box"]),
+        "registered_box": over(lambda e: e.get("registered_box")),
         "p2sam_fixed": {str(n): over(lambda e, n=n: e["p2sam_fixed"][str(n)]) for n in FIXED_NS},
         "p2sam_retrieval": over(lambda e: e["p2sam_retrieval"]),
+        "p2sam_location": over(lambda e: e.get("p2sam_location")),
         "per_sequence": seq_means,
     }
     for extra in ("oracle", "regraf"):
@@ -256,11 +298,14 @@ def over_sequences(seq_means: dict[str, dict]) -> dict:
 
 def print_table(summary: dict, model: str, chosen: Counter) -> None:
     oracle, regraf = "oracle" in summary, "p2sam_regraf" in summary
-    header = (["sequence", "frames", "direct", "PerSAM", "prior box"] + [f"n={n}" for n in FIXED_NS] + ["P²SAM"]
+    located = summary.get("p2sam_location") is not None
+    header = (["sequence", "frames", "direct", "PerSAM", "prior box"] + (["registered box"] if located else [])
+              + [f"n={n}" for n in FIXED_NS] + ["P²SAM"] + (["P²SAM + location"] if located else [])
               + (["+ReGRAF"] if regraf else []) + (["oracle"] if oracle else []))
 
     def row(name, e, frames):
-        vals = [e["direct"], e["persam"], e["prior_box"]] + [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]]
+        vals = [e["direct"], e["persam"], e["prior_box"]] + ([e["registered_box"]] if located else [])
+        vals += [e["p2sam_fixed"][str(n)] for n in FIXED_NS] + [e["p2sam_retrieval"]] + ([e["p2sam_location"]] if located else [])
         vals += [e.get("regraf", e.get("p2sam_regraf"))] if regraf else []
         return [name, frames] + vals + ([e["oracle"]] if oracle else [])
 
@@ -269,7 +314,9 @@ def print_table(summary: dict, model: str, chosen: Counter) -> None:
     step = summary.get("frame_step", 1)
     scored = "frames 4.. scored" if step == 1 else f"every {step}th frame from the 4th scored (--frame-step {step}: an estimate)"
     print(f"quality: {model}; prior = 3rd frame, {scored}; Dice per frame -> sequence -> mean")
-    print("columns: direct transfer | PerSAM | prior mask's box as box prompt | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)")
+    print("columns: direct transfer | PerSAM | prior mask's box as box prompt" + (" | registered prior mask's box" if located else "")
+          + " | P²SAM w/o retrieval at n parts | P²SAM with retrieval (1-5 pos x 1-3 neg)"
+          + (" | P²SAM + location (registration-guided candidates, selection rule)" if located else ""))
     print(table(header, rows))
     fixed_best = max(summary["p2sam_fixed"].values())
     print(
@@ -277,6 +324,10 @@ def print_table(summary: dict, model: str, chosen: Counter) -> None:
         f"- PerSAM {100 * (summary['p2sam_retrieval'] - summary['persam']):+.1f}; - prior box {100 * (summary['p2sam_retrieval'] - summary['prior_box']):+.1f}; "
         f"- best fixed n {100 * (summary['p2sam_retrieval'] - fixed_best):+.1f}"
     )
+    if located:
+        goal = max(summary["p2sam_retrieval"], summary["registered_box"]) + 0.02
+        print(f"P²SAM + location {summary['p2sam_location']:.3f} vs goal max(retrieval, registered box) + 0.02 = {goal:.3f}: "
+              + ("met" if summary["p2sam_location"] >= goal else "not met"))
     if regraf:
         sec = summary["seconds_per_target"]
         print(f"ReGRAF (T=5, eta=1e-3, gamma=0.1): {100 * (summary['p2sam_regraf'] - summary['p2sam_retrieval']):+.2f} Dice points; "
@@ -294,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regraf", action="store_true", help="add a column: P²SAM with ReGRAF refinement (and its time per target)")
     parser.add_argument("--sequences", nargs="*", default=None, help="only these sequence folders")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--registration", choices=("affine", "rigid", "off"), default="affine",
+                        help="picture registration for the registered box and P²SAM + location columns (off: no such columns)")
     parser.add_argument("--frame-step", type=int, default=1, metavar="K",
                         help="predict and score only every K-th scored frame of each sequence (a cheaper estimate; default 1: all)")
     parser.add_argument("--compare-reference", action="store_true",
@@ -335,13 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(frames) <= UNSCORED:
             log(f"{name}: {len(frames)} frames, nothing to score (the first {UNSCORED} are not scored)")
             continue
-        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle, regraf=regraf, frame_step=args.frame_step)
+        per_sequence[name] = evaluate_sequence(engine, frames, oracle=args.oracle, regraf=regraf, frame_step=args.frame_step,
+                                               registration=None if args.registration == "off" else args.registration)
         chosen.update(c for c in per_sequence[name]["chosen"] if c)
-        log(f"{name}: {len(frames)} frames, P²SAM {np.mean(per_sequence[name]['dice']['p2sam']):.3f}")
+        log(f"{name}: {len(frames)} frames, " + ", ".join(f"{m} {np.mean(v):.3f}" for m, v in per_sequence[name]["dice"].items() if v))
     summary = summarize(per_sequence)
     summary["weights"], summary["config"] = model, {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     summary["chosen"] = {f"{k[0]},{k[1]}": v for k, v in chosen.items()}
     summary["frame_step"] = args.frame_step
+    summary["registration"] = args.registration
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print_table(summary, model, chosen)

@@ -280,3 +280,116 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 0, max_iterat
                       nmi_before=nmi0, nmi_after=nmi1)
     return Registration(prior, followup, transform, "rigid_registration", float(reg.GetMetricValue()), quality,
                         f"rigid registration ({kind}Euler3D, Mattes MI)")
+
+
+# --- 2-D pictures and video frames ---------------------------------------------------------------
+PICTURE_MAX_SIDE = 96  # pictures are registered at most this many pixels a side (coarse is enough for a box)
+PICTURE_MAX_SHIFT = 0.35  # a transform moving the centre more than this fraction of the picture is not trusted
+PICTURE_SCALE_RANGE = (0.6, 1.6)  # nor one scaling (affine: its area change) outside this
+
+
+@dataclass
+class PictureRegistration:
+    """Result of :func:`register_pictures`. ``transform`` maps TARGET pixel (x, y) -> PRIOR pixel
+    (x, y) (fixed -> moving, continuous pixel coordinates of the original pictures), so a prior
+    mask is resampled onto the target through it. ``method`` is ``rigid``, ``affine`` or
+    ``identity`` (registration failed or made the alignment worse: ``reason`` says why)."""
+
+    transform: sitk.Transform
+    method: str
+    prior_shape: tuple[int, int]
+    target_shape: tuple[int, int]
+    ncc_before: float | None = None
+    ncc_after: float | None = None
+    overlap_fraction: float | None = None
+    reason: str = ""
+
+    @property
+    def quality(self) -> str:
+        if self.ncc_after is None:
+            return "unknown"
+        return "good" if self.ncc_after >= 0.9 else "fair" if self.ncc_after >= 0.7 else "poor"
+
+    def map_mask(self, prior_mask: np.ndarray) -> np.ndarray:
+        """Prior (y, x) mask -> bool (y, x) on the target picture (linear, >= 0.5)."""
+        moving = sitk.GetImageFromArray(np.asarray(prior_mask, np.float32))
+        ref = sitk.Image([int(self.target_shape[1]), int(self.target_shape[0])], sitk.sitkFloat32)
+        out = sitk.Resample(moving, ref, self.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(out) >= 0.5
+
+    def summary(self) -> dict:
+        """JSON-friendly report: method, why, the NCC quality measure, the transform (pixels)."""
+        return {"method": self.method, "reason": self.reason, "quality": self.quality, "quality_measure": "NCC",
+                "ncc_before": self.ncc_before, "ncc_after": self.ncc_after, "overlap_fraction": self.overlap_fraction,
+                "transform": {"kind": self.transform.GetName(), "parameters": [float(v) for v in self.transform.GetParameters()],
+                              "fixed_parameters": [float(v) for v in self.transform.GetFixedParameters()]}}
+
+
+def _picture(image: np.ndarray, max_side: int) -> sitk.Image:
+    """Grey float32 picture averaged down to at most ``max_side`` pixels a side, its spacing in
+    original pixels (so physical coordinates = original (x, y) pixel coordinates)."""
+    arr = np.asarray(image, np.float32)
+    arr = arr.mean(axis=-1) if arr.ndim == 3 else arr
+    img = sitk.GetImageFromArray(arr)
+    f = max(1, int(np.ceil(max(arr.shape) / max_side)))
+    return sitk.BinShrink(img, [f, f]) if f > 1 else img
+
+
+def register_pictures(prior: np.ndarray, target: np.ndarray, kind: str = "rigid", max_iterations: int = 100,
+                      max_side: int = PICTURE_MAX_SIDE) -> PictureRegistration:
+    """Align a prior picture (H x W [x 3]) to a target picture: 2-D rigid (Euler2D) or ``affine``
+    registration, correlation metric, 2-level pyramid, from identity (frames of one video start
+    aligned). Never raises: identity when registration fails, moves the picture implausibly far
+    (``PICTURE_MAX_SHIFT``, ``PICTURE_SCALE_RANGE``) or lowers the NCC; ``reason`` says which."""
+    if kind not in ("rigid", "affine"):
+        raise ValueError(f"picture registration kind must be rigid or affine, got '{kind}'")
+    fixed, moving = _picture(target, max_side), _picture(prior, max_side)
+    shape_p, shape_t = tuple(np.asarray(prior).shape[:2]), tuple(np.asarray(target).shape[:2])
+    centre = ((shape_t[1] - 1) / 2.0, (shape_t[0] - 1) / 2.0)
+    identity = sitk.Euler2DTransform()
+    identity.SetCenter(centre)
+    if shape_p != shape_t:  # different sizes: identity in relative coordinates
+        identity = sitk.AffineTransform(2)
+        identity.SetMatrix([shape_p[1] / shape_t[1], 0.0, 0.0, shape_p[0] / shape_t[0]])
+        identity.SetCenter((0.0, 0.0))
+    ncc0, overlap0 = _ncc(fixed, moving, identity)
+
+    def fallback(reason: str) -> PictureRegistration:
+        return PictureRegistration(identity, "identity", shape_p, shape_t, ncc0, ncc0, overlap0, reason)
+
+    if shape_p != shape_t:
+        return fallback(f"prior picture is {shape_p[1]}x{shape_p[0]}, target {shape_t[1]}x{shape_t[0]}: matched by relative position")
+
+    start = sitk.AffineTransform(2) if kind == "affine" else sitk.Euler2DTransform()
+    if kind == "affine":
+        start.SetMatrix(identity.GetMatrix())
+    start.SetCenter(centre)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)  # small pictures: threads cost more than they save
+    reg.SetMetricAsCorrelation()
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=max_iterations,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1, 0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(start, inPlace=True)
+    try:
+        reg.Execute(fixed, moving)
+    except RuntimeError as exc:
+        return fallback(f"picture registration failed ({str(exc).splitlines()[0][:120]}); identity used")
+    transform = sitk.AffineTransform(start) if kind == "affine" else sitk.Euler2DTransform(start)
+    moved = np.array(transform.TransformPoint(centre)) - np.array(identity.TransformPoint(centre))
+    if np.any(np.abs(moved) > PICTURE_MAX_SHIFT * np.array([shape_t[1], shape_t[0]])):
+        return fallback(f"picture registration moved the picture by {moved.round(1).tolist()} pixels, more than "
+                        f"{PICTURE_MAX_SHIFT:.0%} of it; identity used")
+    if kind == "affine":
+        scale = abs(float(np.linalg.det(np.reshape(transform.GetMatrix(), (2, 2))))) / abs(float(np.linalg.det(np.reshape(identity.GetMatrix(), (2, 2)))))
+        if not PICTURE_SCALE_RANGE[0] <= scale <= PICTURE_SCALE_RANGE[1]:
+            return fallback(f"picture registration scaled the area by {scale:.2f}; identity used")
+    ncc1, overlap1 = _ncc(fixed, moving, transform)
+    if ncc1 is None or (ncc0 is not None and ncc1 < ncc0):
+        return fallback(f"picture registration did not improve alignment (NCC {_fmt(ncc1)} vs {_fmt(ncc0)} before); identity used")
+    return PictureRegistration(transform, kind, shape_p, shape_t, ncc0, ncc1, overlap1,
+                               f"2-D {kind} registration ({transform.GetName()}, correlation)")

@@ -1,7 +1,8 @@
 """The PerSAM-style 3-step decoding cascade, for many candidates at once.
 
 (a) points, single mask (with PerSAM guidance when given); (b) the same points + (a)'s low-res
-logits as mask prompt; (c) + the box of (b)'s mask at the original size + (b)'s logits. Steps (b)
+logits as mask prompt; (a candidate may also bring a box prompt, kept in (a) and (b), and a dense
+mask prompt for (a): the registration-guided candidates of ``models/candidates.py``) (c) + the box of (b)'s mask at the original size + (b)'s logits. Steps (b)
 and (c) use SAM's multimask output and keep the best predicted IoU when ``multimask`` is set
 (natural images, as in PerSAM); medical mode keeps the single mask throughout (reference P²SAM).
 
@@ -34,6 +35,8 @@ class CascadeInput:
     points: np.ndarray
     labels: np.ndarray
     attn_sim: torch.Tensor | None = None  # 1 x 1 x 1 x g*g (PerSAM guidance, step a only)
+    box: np.ndarray | None = None  # (x0, y0, x1, y1) original pixels: a box prompt for steps (a), (b)
+    mask_input: torch.Tensor | None = None  # 1 x 1 x 4g x 4g dense mask prompt for step (a)
 
 
 @dataclass
@@ -56,6 +59,10 @@ def prompt_key(c: CascadeInput) -> bytes:
     pts = sorted(zip(np.asarray(c.points).reshape(-1, 2)[:, 0].tolist(), np.asarray(c.points).reshape(-1, 2)[:, 1].tolist(),
                      np.asarray(c.labels).reshape(-1).tolist()))
     key = repr(pts).encode()
+    if c.box is not None:
+        key += b"box" + np.asarray(c.box, np.float64).tobytes()
+    if c.mask_input is not None:
+        key += b"mask" + c.mask_input.detach().float().cpu().numpy().tobytes()
     if c.attn_sim is not None:
         key += c.attn_sim.detach().float().cpu().numpy().tobytes()
     return key
@@ -98,9 +105,12 @@ def run_cascade(
 
     device = features.device
     transform = ResizeLongestSide(sam.image_encoder.img_size)
-    pts = [torch.as_tensor(transform.apply_coords(c.points.astype(np.float64), original_size), dtype=torch.float, device=device) for c in todo]
-    labs = [torch.as_tensor(c.labels, dtype=torch.float, device=device) for c in todo]
+    pts = [torch.as_tensor(transform.apply_coords(c.points.astype(np.float64), original_size), dtype=torch.float, device=device)
+           if len(c.points) else None for c in todo]  # a box-only candidate has no points
+    labs = [torch.as_tensor(c.labels, dtype=torch.float, device=device) if len(c.points) else None for c in todo]
     sims = [c.attn_sim for c in todo]
+    given_boxes = [None if c.box is None else torch.as_tensor(transform.apply_boxes(np.asarray(c.box, np.float64)[None], original_size)[0],
+                                                               dtype=torch.float, device=device) for c in todo]
 
     def groups(idx: list[int]) -> list[list[int]]:
         return [idx] if batched else [[i] for i in idx]
@@ -109,7 +119,12 @@ def run_cascade(
     a_logits, a_iou = [], []
     for g in groups(list(range(len(todo)))):
         attn_sim = torch.cat([sims[i] for i in g], dim=0) if any(sims[i] is not None for i in g) else None  # B x 1 x 1 x g*g
-        prompts = encode_prompts(sam, [pts[i] for i in g], [labs[i] for i in g])
+        prompts = encode_prompts(sam, [pts[i] for i in g], [labs[i] for i in g], boxes=[given_boxes[i] for i in g])
+        with_mask = [j for j, i in enumerate(g) if todo[i].mask_input is not None]
+        if with_mask:  # dense mask prompts for those rows, SAM's no-mask embedding for the others
+            prompts.dense = prompts.dense.clone()
+            masks = torch.cat([todo[g[j]].mask_input for j in with_mask]).to(device)
+            prompts.dense[with_mask] = sam.prompt_encoder._embed_masks(masks)
         lg, io = decode(sam, features, prompts, multimask=False, attn_sim=attn_sim, target_embedding=target_embedding, guidance=guidance)
         a_logits.append(lg)
         a_iou.append(io)
@@ -122,7 +137,8 @@ def run_cascade(
         gp, gl = [pts[i] for i in g], [labs[i] for i in g]
         # (b) + previous logits as mask prompt
         logits = a_logits[g]
-        logits, iou = _pick(*decode(sam, features, encode_prompts(sam, gp, gl, mask_inputs=logits), multimask=multimask))
+        logits, iou = _pick(*decode(sam, features, encode_prompts(sam, gp, gl, boxes=[given_boxes[i] for i in g], mask_inputs=logits),
+                                    multimask=multimask))
         # (c) + box of the (b) mask at the original size
         full = upscale_logits(sam, logits, input_size, original_size)[:, 0] > sam.mask_threshold
         boxes = [box_of(m) for m in full]

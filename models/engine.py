@@ -29,6 +29,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
+from .candidates import KINDS_WITH_LOCATION, SelectionWeights, eligible, mask_prompt, overlaps, propagated_box, selection_scores
 from .cascade import CascadeInput, run_cascade
 from .decoder import Guidance, decode, encode_prompts, logits_on_grid, upscale_logits
 from .features import capture, combine
@@ -64,6 +65,19 @@ class P2SAMConfig:
     share_prompts: bool = False  # a point repeated in a candidate is given once; candidates with the same points share one decode
     encoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast for the image encoder only (GPU path)
     regraf: RegrafConfig | None = None  # ReGRAF prompt refinement of the chosen candidate (off by default)
+    # registration-guided candidates and selection (models/candidates.py), used when segment() gets a location
+    location: bool = False  # add box / box + points / mask + points candidates and choose with the selection rule
+    location_margin: float = 0.1  # the propagated box is widened by this fraction of its size on every side
+    location_parts: int = 3  # box + points and mask + points candidates for n_pos = 1 .. this (at the first n_neg)
+    overlap_weight: float = 1.0  # selection: - this x Dice(candidate, propagated mask)
+    area_weight: float = 0.25  # selection: + this x |ln(candidate area / propagated area)|
+    iou_weight: float = 0.0  # selection: - this x predicted IoU
+    location_gate: float = 1.5  # a location candidate is eligible only if its W <= this x the best point candidate's W
+    absent_ratio: float = 0.0  # > 0: a candidate with W > this x W(prior foreground, prior background) is background
+
+    @property
+    def selection(self) -> SelectionWeights:
+        return SelectionWeights(self.overlap_weight, self.area_weight, self.iou_weight, self.location_gate, self.absent_ratio)
 
     @property
     def multimask(self) -> bool:
@@ -98,6 +112,7 @@ class Prior:
     pos_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)  # n -> n x 256 normalised
     neg_parts: dict[int, torch.Tensor | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    absent_distance: float | None = None  # W(foreground, background) of the prior, computed when first needed
 
     def parts(self, n: int, background: bool = False) -> torch.Tensor | None:
         """n prototypes of the foreground (or background), None if there are fewer cells than n."""
@@ -125,9 +140,19 @@ class Candidate:
     shared_with: int | None = None  # index of an earlier candidate with the same point set (one decode for both)
     step_a_score: float | None = None  # retrieval score of the step (a) mask (when pruning)
     unrefined_points: np.ndarray | None = None  # the points before ReGRAF refinement, if it ran
+    kind: str = "points"  # points | direct | box | box_points | mask_points (models/candidates.py)
+    overlap: float | None = None  # Dice with the propagated mask (when a location was given)
+    area_change: float | None = None  # |ln(area / propagated area)| (when a location was given)
+    selection_score: float | None = None  # the selection rule's score (lower wins; when it ran)
+    eligible: bool | None = None  # whether the selection rule could choose it (when it ran)
 
     def to_dict(self) -> dict:
         return {
+            "kind": self.kind,
+            "overlap": self.overlap,
+            "area_change": self.area_change,
+            "selection_score": None if self.selection_score is None or math.isinf(self.selection_score) else self.selection_score,
+            "eligible": self.eligible,
             "n_pos": self.n_pos,
             "n_neg": self.n_neg,
             "points": self.points.tolist(),
@@ -158,6 +183,15 @@ class Segmentation:
     candidate_logits: torch.Tensor  # B x 1 x 4g x 4g final low-res logits of every candidate
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    selection: str = "retrieval"  # retrieval (smallest W) | location (models/candidates.py rule)
+    retrieval_chosen: int | None = None  # p2sam: the candidate plain retrieval (smallest W, point candidates) chose
+
+    def candidate_mask(self, sam: Sam, index: int | None, input_size: tuple[int, int]) -> np.ndarray:
+        """Candidate ``index``'s mask at the target's original size (empty for None)."""
+        if index is None:
+            return np.zeros(self.mask.shape, bool)
+        full = upscale_logits(sam, self.candidate_logits[index : index + 1], input_size, self.mask.shape)[0, 0]
+        return (full > sam.mask_threshold).cpu().numpy()
 
     @property
     def best(self) -> Candidate | None:
@@ -168,6 +202,9 @@ class Segmentation:
         return {
             "method": self.method,
             "found": self.found,
+            "selection": self.selection,
+            "kind": best.kind if best else None,
+            "retrieval_chosen": self.retrieval_chosen,
             "n_pos": best.n_pos if best else None,
             "n_neg": best.n_neg if best else None,
             "points": best.points.tolist() if best else [],
@@ -345,6 +382,7 @@ class P2SAMEngine:
         method: Method = "p2sam",
         n_pos: int | None = None,
         n_neg: int | None = None,
+        location: np.ndarray | None = None,
     ) -> Segmentation:
         """Segment the prior's structure on ``target``.
 
@@ -356,6 +394,10 @@ class P2SAMEngine:
           method: ``p2sam`` (retrieval over the config's ``pos_range`` x ``neg_range``), ``fixed``,
             ``persam``, ``direct`` or ``box``.
           n_pos, n_neg: ``fixed`` only: the part counts (default: the ranges' lower ends).
+          location: the prior mask propagated onto the target by registration (``H x W`` bool, the
+            target's original size), or None. ``box`` then prompts with its box (not the prior's);
+            ``p2sam`` with ``P2SAMConfig.location`` adds the registration-guided candidates and
+            chooses with the selection rule (models/candidates.py).
 
         Returns:
           a :class:`Segmentation`: ``mask`` ``H x W`` bool and ``logits`` ``H x W`` float32 at the
@@ -370,6 +412,12 @@ class P2SAMEngine:
         if method != "direct" and prior is None:
             raise EngineInputError(f"method '{method}' needs a prior (set_prior first)")
         warnings = list(prior.warnings) if prior is not None else []
+        if location is not None:
+            location = np.asarray(location, bool)
+            if location.shape != enc.original_size:
+                raise EngineInputError(f"location mask is {location.shape}, the target is {enc.original_size}: they must match")
+        guided_by_location = method == "p2sam" and cfg.location and location is not None
+        retrieval_chosen = None
 
         # PerSAM (and P²SAM on natural images, as in the reference) use the argmin negative,
         # target-guided attention and target-semantic prompting.
@@ -382,6 +430,8 @@ class P2SAMEngine:
             if not specs:
                 raise EngineInputError("no candidate part counts fit the prior (is the prior mask too small?)")
             cands, inputs = self._prompts(enc, prior, specs, argmin_negative=guided, guided=guided)
+            if guided_by_location:
+                self._location_candidates(location, cands, inputs)
         timings["prompts"] = time.perf_counter() - t
 
         prune, pruning = None, {}
@@ -391,7 +441,9 @@ class P2SAMEngine:
         if method == "direct":
             low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
         elif method == "box":
-            cands[0].box = prior_box_on(prior, enc.original_size)
+            located = None if location is None else propagated_box(location, 0.0)
+            cands[0].box = prior_box_on(prior, enc.original_size) if located is None else located
+            cands[0].kind = "box"
             box_in = torch.as_tensor(self.transform.apply_boxes(cands[0].box[None], enc.original_size)[0], dtype=torch.float, device=self.device)
             low_res, iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None], boxes=[box_in]))
         else:
@@ -412,7 +464,7 @@ class P2SAMEngine:
                 timings["prune"] = pruning["seconds"]
             if method == "p2sam" and cfg.direct_candidate:
                 d_low, d_iou = decode(self.sam, enc.features, encode_prompts(self.sam, [None], [None]))
-                cands.append(Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64)))
+                cands.append(Candidate(0, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.int64), kind="direct"))
                 low_res, iou = torch.cat([low_res, d_low]), torch.cat([iou, d_iou])
         timings["decode"] = time.perf_counter() - t - timings.get("prune", 0.0)  # the step (a) scoring is "prune"
 
@@ -434,8 +486,12 @@ class P2SAMEngine:
                     cand.area = area
             for cand, score in zip(cands, scores):
                 cand.score = score
-            # pruned candidates report their step (a) score but are not chosen (reference: all are refined)
-            chosen = pick_best([sc if c.refined else math.inf for c, sc in zip(cands, scores)])
+            # pruned candidates report their step (a) score but are not chosen (reference: all are refined);
+            # the registration-guided candidates are not retrieval's to choose
+            chosen = pick_best([sc if c.refined and c.kind not in KINDS_WITH_LOCATION else math.inf for c, sc in zip(cands, scores)])
+            retrieval_chosen = chosen
+            if cfg.location and location is not None:
+                chosen = self._select(cands, low_res, enc, prior, location)
         else:
             chosen = 0 if cands[0].cells > 0 or method in ("direct", "box") else None
         if cfg.regraf is not None and method not in ("direct", "box") and chosen is not None and chosen < len(inputs):
@@ -458,7 +514,55 @@ class P2SAMEngine:
         return Segmentation(
             method=method, mask=mask, logits=logits, found=found, chosen=chosen if found else None,
             candidates=cands, candidate_logits=low_res, timings=timings, warnings=warnings,
+            selection="location" if guided_by_location else "retrieval", retrieval_chosen=retrieval_chosen,
         )
+
+    def _location_candidates(self, location: np.ndarray, cands: list[Candidate], inputs: list[CascadeInput]) -> None:
+        """Append the registration-guided candidates (models/candidates.py) for a non-empty location:
+        the propagated box; that box + the points of the first ``location_parts`` point candidates
+        at the first n_neg; the propagated mask as dense prompt + those points."""
+        box = propagated_box(location, self.config.location_margin)
+        if box is None:
+            return
+        dense = mask_prompt(self.sam, location).to(self.device)
+        first_neg = cands[0].n_neg
+        with_points = [(c, i) for c, i in zip(cands, inputs) if c.n_neg == first_neg and c.n_pos <= self.config.location_parts]
+        empty = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+        cands.append(Candidate(0, 0, *empty, kind="box"))
+        inputs.append(CascadeInput(points=empty[0], labels=empty[1], box=box))
+        for kind in ("box_points", "mask_points"):
+            for c, i in with_points:
+                cands.append(Candidate(c.n_pos, c.n_neg, c.points, c.labels, kind=kind))
+                inputs.append(CascadeInput(points=i.points, labels=i.labels, attn_sim=i.attn_sim,
+                                           box=box if kind == "box_points" else None,
+                                           mask_input=dense if kind == "mask_points" else None))
+
+    def _select(self, cands: list[Candidate], low_res: torch.Tensor, enc: EncodedImage, prior: Prior, location: np.ndarray) -> int | None:
+        """The selection rule (models/candidates.py): every candidate's signals, the gates, the best score."""
+        weights = self.config.selection
+        areas = mask_area_fraction(low_res, enc.input_size, self.sam.image_encoder.img_size)
+        loc_prompt = mask_prompt(self.sam, location)
+        loc_area = mask_area_fraction(loc_prompt, enc.input_size, self.sam.image_encoder.img_size)[0]
+        reference_area = loc_area if loc_area > 0 else prior.area
+        dice = overlaps(low_res, loc_prompt)
+        distances = [c.distance for c in cands]
+        scores = selection_scores(distances, dice, areas, reference_area, [c.iou_pred for c in cands], weights)
+        absent = self._absent_distance(prior) if weights.absent_ratio > 0 else None
+        ok = eligible([c.kind for c in cands], distances, weights, absent)
+        for c, a, o, sc, e in zip(cands, areas, dice, scores, ok):
+            c.area, c.overlap, c.selection_score, c.eligible = a, o, sc, e and c.refined
+            c.area_change = abs(math.log(max(a, 1e-6) / max(reference_area, 1e-6)))
+        return pick_best([c.selection_score if c.eligible else math.inf for c in cands])
+
+    def _absent_distance(self, prior: Prior) -> float:
+        """W(prior foreground, prior background): how far the structure's appearance is from its
+        surroundings (cached on the prior); +inf without background."""
+        if prior.absent_distance is None:
+            bg = prior.bg_features
+            if len(bg) > 2048:  # a fixed, evenly spread subset keeps the transport cheap
+                bg = bg[torch.linspace(0, len(bg) - 1, 2048).long()]
+            prior.absent_distance = wasserstein(prior.fg_features, bg, self.config.cost)
+        return prior.absent_distance
 
     def _transport(self, low_res: torch.Tensor, enc: EncodedImage, prior: Prior | None, seen: dict[bytes, float]) -> tuple[list[float], list[int]]:
         """W of each candidate mask (B x 1 x 4g x 4g logits, > 0 on the grid) to the prior's

@@ -93,7 +93,8 @@ def segment_followup(
         raise imaging.ImagingError(
             f"prior is {'an RGB picture' if prior.is_rgb else 'a grey-level image'} but follow-up {target.source or 'target'} "
             f"is {'an RGB picture' if target.is_rgb else 'a grey-level image'}: they must be the same kind of image")
-    slices, correspondence, registration, prior_on_target = _plan(prior, prior_mask, target, margin, warnings)
+    slices, correspondence, registration, prior_on_target = _plan(prior, prior_mask, target, margin, warnings,
+                                                                  pictures=_picture_registration(engine))
     timings = {"registration": time.perf_counter() - t0}
 
     nz = target.shape[0]
@@ -131,7 +132,8 @@ def segment_followup(
         pz = correspondence[z]
         engine_prior = pool.prior(model_name, engine, prior_imgs[pz], prior_mask[pz])
         enc = encoded.pop(z)
-        seg = engine.segment(enc, engine_prior, method=method)
+        location = prior_on_target[z] if engine.config.location and prior_on_target is not None else None
+        seg = engine.segment(enc, engine_prior, method=method, location=location)
         mask[z] = seg.mask
         probability[z] = 1.0 / (1.0 + np.exp(-np.clip(seg.logits, -30, 30)))
         result = SliceResult(z=z, prior_z=pz, expected=z in expected, segmentation=seg)
@@ -157,8 +159,23 @@ def segment_followup(
                           registration=registration, warnings=warnings, timings=timings, prior_on_target=prior_on_target)
 
 
-def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, warnings: list[str]):
+def _picture_registration(engine: P2SAMEngine) -> str:
+    """2-D registration kind for pictures: only the location rule uses it (P2SAM_PICTURE_REGISTRATION)."""
+    if not engine.config.location:
+        return "off"
+    from .settings import get_settings
+
+    return get_settings().picture_registration
+
+
+def _plan(prior: Volume, prior_mask: np.ndarray, target: Volume, margin: int, warnings: list[str], pictures: str = "off"):
     """Slices to segment (registered structure +- margin) and the prior slice for each."""
+    if prior.is_2d() and target.is_2d() and pictures != "off" and prior.shape[1:3] == target.shape[1:3]:
+        reg = imaging.register_pictures(prior.array[0], target.array[0], pictures)
+        if reg.method == "identity":
+            warnings.append(f"picture registration: {reg.reason}")
+        mapped = reg.map_mask(np.asarray(prior_mask)[0])[None]
+        return {"all": [0], "expected": [0]}, [0], {**reg.summary(), "method": f"picture_{reg.method}"}, mapped
     if prior.is_2d() and target.is_2d():
         same_size = prior_mask.shape == target.shape
         return {"all": [0], "expected": [0]}, [0], {"method": "single_slice"}, (prior_mask if same_size else None)

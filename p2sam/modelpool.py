@@ -152,8 +152,9 @@ def part_ranges(card: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 
 def engine_settings(settings: Settings) -> dict[str, Any]:
-    """Engine fields the service settings decide (P2SAM_PRUNE_K, P2SAM_SHARE_PROMPTS, P2SAM_ENCODER_DTYPE)."""
-    return {"prune_k": settings.prune_k, "share_prompts": settings.share_prompts, "encoder_dtype": settings.encoder_dtype}
+    """Engine fields the service settings decide (P2SAM_PRUNE_K, P2SAM_SHARE_PROMPTS, P2SAM_ENCODER_DTYPE, P2SAM_LOCATION)."""
+    return {"prune_k": settings.prune_k, "share_prompts": settings.share_prompts, "encoder_dtype": settings.encoder_dtype,
+            "location": settings.location}
 
 
 def sampler_config(card: dict[str, Any], kind: str, k: int) -> SamplerConfig:

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     share_prompts: bool = Field(False, description="A point repeated in a candidate's prompt (two parts' peaks on one pixel) is given once, and candidates with the same point set share one decode; false (default, the reference): prompts as they come.")
     encode_batch_mb: int = Field(1024, ge=0, description="Memory budget (MB) for encoding a volume's follow-up slices in batches (one encoder call for B slices, B from this budget); 0: one slice at a time.")
     encoder_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Autocast dtype for the image encoder (GPU path; the decoder stays float32): float32, bfloat16 or float16.")
+    location: bool = Field(False, description="P²SAM + location (issue 11): registration-guided candidates (propagated box, box + points, mask + points) and a selection rule weighing location with appearance (docs/engine.md); off (default): plain retrieval, until bench.quality measures it better on the shipped models.")
+    picture_registration: Literal["affine", "rigid", "off"] = Field("affine", description="With P2SAM_LOCATION on: 2-D registration of a prior picture to each follow-up picture (SimpleITK, identity with a warning when it fails); off: the prior mask where it lies.")
     min_island_mm2: float | None = Field(None, ge=0, description="Contour islands smaller than this (mm^2) are dropped from RTSTRUCTs (unset: imaging.DEFAULT_MIN_ISLAND_AREA_MM2 = 2.0, the one default).")
 
     # --- the API
