@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from p2sam.spec import ALL_OUTPUTS, Method, OutputName, Sampler
+from p2sam.spec import ALL_OUTPUTS, Method, OutputName, Sampler, check_rois
 
 from .problems import ProblemModel
 
@@ -79,6 +79,20 @@ class PriorIn(BaseModel):
     mask_upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="upload holding the contour (default: upload_id)")
     mask_item: str | None = Field(None, max_length=16, description="which contour object of that upload (m1, f1, ...), when several")
     roi: str | None = Field(None, min_length=1, max_length=64, description="RTSTRUCT ROI name/number, SEG segment, NIfTI label; default: the only one")
+    rois: list[str] | Literal["all"] | None = Field(
+        None, description="several structures in one job instead of roi: ROI names/numbers, or 'all' (every ROI with "
+                          "contours on the prior); each target gets ONE RTSTRUCT and ONE multi-segment SEG with all of them")
+
+    @field_validator("rois")
+    @classmethod
+    def _rois(cls, v):
+        return check_rois(v)
+
+    @model_validator(mode="after")
+    def _one_roi_form(self):
+        if self.rois is not None and self.roi is not None:
+            raise ValueError("give either roi (one structure) or rois (several), not both")
+        return self
 
 
 class TargetIn(BaseModel):
@@ -226,6 +240,18 @@ class ArtifactOut(BaseModel):
     url: str
 
 
+class StructureResultOut(BaseModel):
+    """One structure of a multi-ROI job on one target (its files are in the target's artifacts,
+    named <structure>_mask.nii.gz, ...; result.json has its slices and QC in full)."""
+
+    name: str
+    found: bool | None
+    volume_ml: float | None
+    area_mm2: float | None = None
+    review: bool | None
+    flagged_slices: list[int]
+
+
 class TargetResultOut(BaseModel):
     target: str
     found: bool | None
@@ -235,6 +261,7 @@ class TargetResultOut(BaseModel):
     flagged_slices: list[int]
     warnings: list[str]
     notes: list[str] = Field(default_factory=list, description="information, not problems (e.g. which files a picture gets)")
+    structures: list[StructureResultOut] | None = Field(None, description="multi-ROI jobs (prior.rois): per structure")
     artifacts: list[ArtifactOut]
 
 
