@@ -23,23 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 import imaging
+from bench.multiroi import shifted_copy
 from imaging.rtstruct import rtstruct_rois
-
-SHIFT = (5, -4)  # rows, columns: the follow-up's in-plane shift
-
-
-def shifted_copy(prior: imaging.Volume, out: Path, entropy: str) -> imaging.Volume:
-    """The prior series shifted by SHIFT pixels (air fills the gap), as a new series in a new FoR."""
-    dy, dx = SHIFT
-    array = np.full_like(prior.array, -1000)
-    h, w = prior.shape[1:]
-    array[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        prior.array[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    patient = {k: prior.dicom.patient_study.get(k) for k in ("PatientID", "PatientName")}
-    return imaging.write_dicom_series(prior.with_array(array), out, patient, series_description="shifted copy",
-                                      frame_of_reference_uid=imaging.dicom_common.new_uid(f"{entropy}-for"),
-                                      uid_entropy=entropy)
-
 
 def visible_human_case(data: Path, out: Path) -> dict:
     src = data / "dicom" / "visible-human-ct4"
@@ -77,26 +62,24 @@ def breast_case(data: Path, out: Path) -> dict:
 
 
 def _drawn_on_slice(prior: imaging.Volume, body: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """Masks for the ROIs the vendor drew elsewhere, on this real slice: 'Lt Lung' = air inside the
-    body on the patient's left (image right); the others discs of 12 mm radius inside the body, on a
-    ring around its centre of mass (overlapping the body, as in a plan)."""
-    out: dict[str, np.ndarray] = {}
-    hu = prior.array
+    """Masks for the ROIs the vendor drew on other slices, on this real slice: discs of 10 mm
+    radius inside the body (this slice is at the shoulders: hardly any lung to threshold), spread
+    over it by farthest-point sampling (deterministic), each inside BODY as in a plan."""
+    from scipy import ndimage
+
+    radius_px = 10.0 / float(prior.spacing[0])
     yy, xx = np.mgrid[: prior.shape[1], : prior.shape[2]]
-    cy, cx = (float(v) for v in np.argwhere(body[0]).mean(0))
-    lung = body & (hu < -400)
-    lung[:, :, : int(cx)] = False
-    out["Lt Lung"] = lung
-    others = [n for n in names if n != "Lt Lung"]
-    radius_px = 12.0 / float(prior.spacing[0])
-    ring = 0.35 * min(np.ptp(np.argwhere(body[0]), axis=0))
-    for i, name in enumerate(others):
-        a = 2 * np.pi * i / max(len(others), 1)
-        y, x = cy + ring * np.sin(a), cx + ring * np.cos(a)
-        disc = ((yy - y) ** 2 + (xx - x) ** 2 <= radius_px**2)[None] & body
-        out[name] = disc
-    for name, mask in out.items():
-        assert mask.sum() > 50, name
+    inside = ndimage.binary_erosion(body[0], iterations=int(np.ceil(radius_px)) + 1)
+    candidates = np.argwhere(inside)
+    centres = [candidates[len(candidates) // 2]]
+    far = np.full(len(candidates), np.inf)
+    while len(centres) < len(names):
+        far = np.minimum(far, ((candidates - centres[-1]) ** 2).sum(1))
+        centres.append(candidates[int(np.argmax(far))])
+    out = {}
+    for name, (y, x) in zip(names, centres):
+        out[name] = ((yy - y) ** 2 + (xx - x) ** 2 <= radius_px**2)[None] & body
+        assert out[name].sum() > 100, name
     return out
 
 

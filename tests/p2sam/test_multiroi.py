@@ -49,7 +49,7 @@ def two_roi_case(example_case, tmp_path_factory) -> dict:
 
 def _spec(case: dict, **kw) -> JobSpec:
     return JobSpec(prior_image=case["prior"], prior_mask=case["rs"],
-                   targets=[TargetSpec(path=case["followup1"], name="visit1")], model="testmodel", n_samples=2, **kw)
+                   targets=[TargetSpec(path=case["followup1"], name="visit1")], model="ct_phantom", n_samples=2, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_shared_encoding_gives_each_structure_its_one_roi_result(two_roi_case, s
     encoder call per follow-up slice for both structures (counted, the engine is the real one)."""
     prior = imaging.read_image(two_roi_case["prior"])
     target = imaging.read_image(two_roi_case["followup1"])
-    model = pool.resolve("testmodel", False)
+    model = pool.resolve("ct_phantom", False)
     _, engine = pool.get(model)
     masks = [two_roi_case["body"], two_roi_case["gtv"]]
     single = [segment_followup(prior, m, target, engine, ModelPool(settings), model) for m in masks]
@@ -167,7 +167,7 @@ def test_named_subset_and_rerun_is_skipped(two_roi_case, settings, pool, tmp_pat
     target = imaging.read_image(two_roi_case["followup1"])
     truth = imaging.read_mask(two_roi_case["followup1_gtv"], target)
     gtv = imaging.read_mask(tmp_path / "visit1" / "GTV_mask.nii.gz", target)
-    print(f"GTV Dice on the phantom follow-up (random-weight model): {dice(gtv, truth):.3f}")
+    print(f"GTV Dice on the phantom follow-up (bundled ct_phantom model): {dice(gtv, truth):.3f}")
     again = run_job(_spec(two_roi_case, rois=["GTV"], outputs=["rtstruct", "nifti"]), tmp_path, pool=pool, settings=settings)
     assert again["targets"][0]["files"] == summary["targets"][0]["files"]
 
