@@ -105,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(tmp)
         prior, rs, followup, names = lung_case(args.data, out / "case", min(args.slices, 60))
         names = names[: max(1, min(args.structures, len(names)))]
-        common = dict(prior_image=str(prior), prior_mask=str(rs), targets=[TargetSpec(path=str(followup), name="followup")],
-                      model=args.model, n_samples=args.samples, sampler="prompt_noise" if args.samples else "none",
-                      outputs=["rtstruct", "nifti"])
+        common = {"prior_image": str(prior), "prior_mask": str(rs), "targets": [TargetSpec(path=str(followup), name="followup")],
+                  "model": args.model, "n_samples": args.samples, "sampler": "prompt_noise" if args.samples else "none",
+                  "outputs": ["rtstruct", "nifti"]}
         singles = []
         for name in names:
-            seconds, summary = timed_job(JobSpec(roi=name, **common), out / f"single_{name}")
+            seconds, _ = timed_job(JobSpec(roi=name, **common), out / f"single_{name}")
             slices = len(json.loads((out / f"single_{name}" / "followup" / "result.json").read_text())["slices"])
             singles.append(seconds)
             print(f"single-ROI job {name:<8} {seconds:8.2f} s  ({slices} slices segmented)")
-        seconds, summary = timed_job(JobSpec(rois=names, **common), out / "multi")
+        seconds, _ = timed_job(JobSpec(rois=names, **common), out / "multi")
         result = json.loads((out / "multi" / "followup" / "result.json").read_text())
         t = result["timings_s"]
         print(f"multi-ROI job ({len(names)} structures) {seconds:8.2f} s  (registration {t['registration']:.2f} s, "

@@ -81,7 +81,7 @@ def rtstruct_rois(path) -> list[RoiInfo]:
 def _color(value) -> tuple[int, int, int] | None:
     """ROIDisplayColor as three 0-255 integers, or None when absent or malformed."""
     try:
-        rgb = tuple(int(round(float(c))) for c in (value or []))
+        rgb = tuple(round(float(c)) for c in (value or []))
     except (TypeError, ValueError):
         return None
     return rgb if len(rgb) == 3 and all(0 <= c <= 255 for c in rgb) else None

@@ -66,7 +66,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for t in summary["targets"]:
         print(f"{t['target']:<16}{str(t['found']):>7}{size_text(t):>14}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
         for st in t.get("structures", []):  # a multi-ROI job: one line per structure
-            print(f"{'  ' + st['name']:<16}{str(st['found']):>7}{size_text(st):>14}{('yes' if st['review'] else 'no'):>8}")
+            print(f"{'  ' + st['name']:<16}{st['found']!s:>7}{size_text(st):>14}{('yes' if st['review'] else 'no'):>8}")
         for w in t["warnings"]:
             print(f"{'':<16}warning: {w}")
         notes += [n for n in t.get("notes", []) if n not in notes]

@@ -136,14 +136,14 @@ def run_job(
         report("reading", start, f"target {i + 1}/{n}: reading")
         target = imaging.read_image(target_spec.path)
         report("segmenting", start + 0.05 * span, f"target {i + 1}/{n}: segmenting")
-        seg_args = dict(
-            method=spec.method, window=window,
-            margin=settings.slice_margin if spec.slice_margin is None else spec.slice_margin,
-            sampler=sampler,
-            progress=lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
-            is_cancelled=is_cancelled,
-            encode_batch_mb=settings.encode_batch_mb,
-        )
+        seg_args = {
+            "method": spec.method, "window": window,
+            "margin": settings.slice_margin if spec.slice_margin is None else spec.slice_margin,
+            "sampler": sampler,
+            "progress": lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
+            "is_cancelled": is_cancelled,
+            "encode_batch_mb": settings.encode_batch_mb,
+        }
         if structures is not None:
             results = segment_structures(prior, [s.mask for s in structures], target, engine, pool, model_name, **seg_args)
             items = [StructureResult(s, r, {"digest": prior_info["digest"], "roi": s.name, **_size(prior, s.mask)})

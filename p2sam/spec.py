@@ -67,7 +67,7 @@ class JobSpec(BaseModel):
         return check_rois(v)
 
     @model_validator(mode="after")
-    def _one_roi_form(self) -> "JobSpec":
+    def _one_roi_form(self) -> JobSpec:
         if self.rois is not None and self.roi is not None:
             raise ValueError("give either roi (one structure) or rois (several), not both")
         if self.rois is not None and self.roi_name_out is not None:
@@ -82,8 +82,6 @@ def check_rois(v: list[str] | str | None) -> list[str] | str | None:
     """``rois``: 'all', or 1-64 distinct names/numbers of 1-64 characters."""
     if v is None or v == "all":
         return v
-    if isinstance(v, str):
-        raise ValueError("rois: a list of ROI names/numbers, or 'all'")
     if not 1 <= len(v) <= MAX_ROIS:
         raise ValueError(f"rois: 1 to {MAX_ROIS} ROI names/numbers, or 'all'")
     for name in v:

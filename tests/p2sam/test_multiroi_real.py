@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(1200)
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "p2sam.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=REPO)
+                          timeout=900, cwd=REPO, check=False)
 
 
 @pytest.fixture(scope="module")
