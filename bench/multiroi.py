@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -32,7 +33,14 @@ from p2sam.pipeline import run_job
 from p2sam.settings import get_settings
 from p2sam.spec import JobSpec, TargetSpec
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+def _data() -> Path:
+    """P2SAM_SHARED_DATA, else ../shared/data beside the checkout, else the workplace's copy."""
+    if os.environ.get("P2SAM_SHARED_DATA"):
+        return Path(os.environ["P2SAM_SHARED_DATA"])
+    here = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return here if here.is_dir() else Path("/work/shared/data")
+
+
 SHIFT = (5, -4)  # rows, columns: the follow-up's in-plane shift
 
 
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=60, help="follow-up slices (at most 60)")
     ap.add_argument("--model", default="ct_phantom")
     ap.add_argument("--samples", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=_data())
     ap.add_argument("--out", type=Path, default=None, help="keep the results here (default: a temporary folder)")
     args = ap.parse_args(argv)
     if not (args.data / "dicom" / "ibsi1-lung-ct").is_dir():

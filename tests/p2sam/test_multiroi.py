@@ -177,3 +177,24 @@ def test_roi_and_rois_together_are_refused():
         JobSpec(prior_image="p", prior_mask="m", roi="GTV", rois=["GTV"], targets=[TargetSpec(path="t")])
     with pytest.raises(ValueError, match="named twice"):
         JobSpec(prior_image="p", prior_mask="m", rois=["GTV", "gtv"], targets=[TargetSpec(path="t")])
+
+
+def test_batch_manifests_take_rois(tmp_path):
+    from p2sam.batch import load_manifest
+
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("patient,role,image,mask,roi,rois,truth,name\n"
+                        "p1,prior,ct/,rs.dcm,,GTV-1; SpinalCord,,\np1,visit,fu/,,,,,v1\n"
+                        "p2,prior,ct/,rs.dcm,,all,,\np2,visit,fu/,,,,,v1\n"
+                        "p3,prior,ct/,rs.dcm,GTV,,,\np3,visit,fu/,,,,,v1\n")
+    manifest = load_manifest(csv_path)
+    assert [(p.prior.roi, p.prior.rois) for p in manifest.patients] == [
+        (None, ["GTV-1", "SpinalCord"]), (None, "all"), ("GTV", None)]
+    json_path = tmp_path / "m.json"
+    json_path.write_text(json.dumps({"patients": [{"id": "p1", "prior": {"image": "ct", "mask": "rs.dcm", "rois": "all"},
+                                                   "visits": [{"image": "fu"}]}]}))
+    assert load_manifest(json_path).patients[0].prior.rois == "all"
+    json_path.write_text(json.dumps({"patients": [{"id": "p1", "prior": {"image": "ct", "mask": "rs.dcm", "rois": ["A", "a"]},
+                                                   "visits": [{"image": "fu"}]}]}))
+    with pytest.raises(ValueError, match="named twice"):
+        load_manifest(json_path)
