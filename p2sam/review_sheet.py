@@ -33,6 +33,7 @@ NEW = "#28e65a"          # the preview's contour colour (p2sam.preview.CONTOUR)
 PRIOR = "#50a0ff"        # the preview's prior contour colour (p2sam.preview.PRIOR_CONTOUR)
 BAND = (1.0, 0.55, 0.0)  # uncertainty band
 FLAG = "#e0301e"
+REASON_STEP = 0.022  # height of one reason line in the header, as a fraction of the page
 MAX_PANELS = 48          # one page: beyond this the least informative slices are left out (said on the page)
 PANEL_MIN_MM = 40.0      # the crop box is at least this wide (mm), so a tiny structure keeps its context
 
@@ -142,10 +143,26 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
     sx, sy = float(target.spacing[0]), float(target.spacing[1])
     area_mm2 = target.voxel_area_mm2()
 
+    review, reasons = verdict(qc, result.registration)
+    if not review:
+        th = qc.get("thresholds", {})
+        reasons = [f"every slice the prior maps to was found, and the samples agree (mean pairwise Dice at least "
+                   f"{th.get('min_sample_dice', 0):.2f} on every slice)" if result.samples is not None else
+                   "every slice the prior maps to was found (no uncertainty samples drawn: agreement not checked)"]
+    reg = result.registration
+    if reg.get("method") == "rigid_registration":
+        t = reg.get("translation_mm") or (0, 0, 0)
+        reasons.append(f"prior registered rigidly (quality {reg.get('quality')}, NCC {reg.get('ncc_after') or 0:.2f}; "
+                       f"shift {t[0]:+.1f}, {t[1]:+.1f}, {t[2]:+.1f} mm, rotation {reg.get('rotation_deg') or 0:.1f}°)")
+    elif reg.get("method") == "position_matching":
+        reasons.append(f"prior placed by slice position, not registered ({reg.get('reason', '')})")
+    shown_reasons = reasons[:5] + ([f"... and {len(reasons) - 5} more (result.json)"] if len(reasons) > 5 else [])
+
     n = max(1, len(slices))
     page_w, page_h = 11.69, 8.27  # A4 landscape, inches
     fig = Figure(figsize=(page_w, page_h), dpi=150, facecolor="white")
-    header_h, legend_h = 0.24, 0.05
+    # the header grows with its reason lines (0.022 of the page each) so they never reach the panels
+    header_h, legend_h = 0.17 + REASON_STEP * len(shown_reasons), 0.05
     grid_top, grid_bottom = 1 - header_h, legend_h + 0.01
     grid_w_in, grid_h_in = 0.98 * page_w, (grid_top - grid_bottom) * page_h
     title_in = 0.22  # room above each panel for its title
@@ -162,7 +179,6 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
 
     # --- header: what, volume and change, verdict and why
     is_2d = target.is_2d()
-    review, reasons = verdict(qc, result.registration)
     fig.text(0.01, 0.975, f"Review sheet: {name}, ROI {roi_name}", fontsize=15, weight="bold", va="top")
     fig.text(0.99, 0.975, f"model {model}" if model else "", fontsize=9, va="top", ha="right", color="#444444")
     if is_2d:
@@ -186,21 +202,9 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
         head = f"CHECK BEFORE USE: {len(flagged)} slice(s) flagged" if flagged else "CHECK BEFORE USE"
         fig.text(0.01, 0.885, head, fontsize=12, weight="bold", color=FLAG, va="top")
     else:
-        th = qc.get("thresholds", {})
         fig.text(0.01, 0.885, "QC: nothing flagged", fontsize=12, weight="bold", color="#1a7f37", va="top")
-        reasons = [f"every slice the prior maps to was found, and the samples agree (mean pairwise Dice at least "
-                   f"{th.get('min_sample_dice', 0):.2f} on every slice)" if result.samples is not None else
-                   "every slice the prior maps to was found (no uncertainty samples drawn: agreement not checked)"]
-    reg = result.registration
-    if reg.get("method") == "rigid_registration":
-        t = reg.get("translation_mm") or (0, 0, 0)
-        reasons.append(f"prior registered rigidly (quality {reg.get('quality')}, NCC {reg.get('ncc_after') or 0:.2f}; "
-                       f"shift {t[0]:+.1f}, {t[1]:+.1f}, {t[2]:+.1f} mm, rotation {reg.get('rotation_deg') or 0:.1f}°)")
-    elif reg.get("method") == "position_matching":
-        reasons.append(f"prior placed by slice position, not registered ({reg.get('reason', '')})")
-    shown_reasons = reasons[:5] + ([f"... and {len(reasons) - 5} more (result.json)"] if len(reasons) > 5 else [])
     for i, line in enumerate(shown_reasons):
-        fig.text(0.015, 0.85 - 0.022 * i, "• " + line, fontsize=8.5, va="top", color=FLAG if review and i < len(flagged) else "#222222")
+        fig.text(0.015, 0.85 - REASON_STEP * i, "• " + line, fontsize=8.5, va="top", color=FLAG if review and i < len(flagged) else "#222222")
     extent = (f"{len(slices)} slice(s) shown: every slice with the new or the prior contour, or a flag"
               + (f"; {left_out} more with the structure left out (see result.json)" if left_out else ""))
     fig.text(0.99, 0.885, extent, fontsize=8, va="top", ha="right", color="#444444")
@@ -245,7 +249,8 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
             for txt, ypos, va in ((row_letters[0], 0.98, "top"), (row_letters[1], 0.02, "bottom")):
                 ax.text(0.5, ypos, txt, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va=va,
                         weight="bold", path_effects=halo)
-            bar_x1, bar_y = w * sx * 0.95, h * sy * 0.93  # 1 cm scale bar, bottom right
+            # 1 cm scale bar, bottom right (above the FLAGGED label, which spans the panel's bottom)
+            bar_x1, bar_y = w * sx * 0.95, h * sy * (0.84 if z in flagged else 0.93)
             ax.plot([bar_x1 - 10.0, bar_x1], [bar_y, bar_y], color="white", linewidth=2.5, solid_capstyle="butt",
                     path_effects=halo)
             ax.text(bar_x1 - 5.0, bar_y - h * sy * 0.02, "1 cm", color="white", fontsize=6.5, ha="center", va="bottom",

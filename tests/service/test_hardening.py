@@ -29,7 +29,6 @@ def _problem(r, status: int) -> dict:
     return body
 
 
-@pytest.mark.xfail(reason="fails with KeyError 'job_id' in CI (issue 17); not yet debugged", strict=False)
 # --- 2. idempotency entries carry created_at; the retention sweep keeps them for the retention period
 def test_idempotency_key_survives_the_retention_sweep(stack, api, uploaded):
     from p2sam.settings import Settings
@@ -40,7 +39,7 @@ def test_idempotency_key_survives_the_retention_sweep(stack, api, uploaded):
     first = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-after-22s"})
     assert first.status_code == 202
     entries = [json.loads(p.read_text()) for p in (stack.data_dir / "idempotency").glob("*.json")]
-    mine = [e for e in entries if e["job_id"] == first.json()["id"]]
+    mine = [e for e in entries if e.get("job_id") == first.json()["id"]]  # (batch entries carry batch_id)
     assert len(mine) == 1 and abs(mine[0].get("created_at", 0) - time.time()) < 60, mine
 
     # The API's own maintenance round, as it runs every P2SAM_MAINTENANCE_INTERVAL_S (retention 72 h).
