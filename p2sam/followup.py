@@ -92,6 +92,10 @@ class _Track:
     samples: np.ndarray | None
     results: list[SliceResult] = field(default_factory=list)
     decode_s: float = 0.0
+    priors: dict[int, Any] = field(default_factory=dict)  # prior slice -> engine Prior, held for the whole follow-up
+
+    def prior_slices(self) -> set[int]:
+        return {self.correspondence[z] for z in self.slices["all"]}
 
 
 def segment_structures(
@@ -145,15 +149,21 @@ def segment_structures(
     # prior slices not cached yet: encoded in batches too, once each (shared by the structures drawn on them)
     prior_zs = sorted({tr.correspondence[z] for tr in tracks for z in tr.slices["all"]})
     prior_imgs = {pz: imaging.to_model_input(prior, pz, window) for pz in prior_zs}
-    todo = {pz: [tr for tr in tracks if pz in {tr.correspondence[z] for z in tr.slices["all"]} and tr.prior_mask[pz].any()
-                 and not pool.has_prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz])] for pz in prior_zs}
+    # Each track holds its priors for the whole follow-up: with many structures they outnumber the
+    # pool's LRU (P2SAM_PRIOR_CACHE_SIZE), which must not make a prior slice be encoded twice.
+    for tr in tracks:  # cached ones first, before new entries can push them out of the LRU
+        for pz in tr.prior_slices():
+            if tr.prior_mask[pz].any() and pool.has_prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz]):
+                tr.priors[pz] = pool.prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz])
+    todo = {pz: [tr for tr in tracks if pz in tr.prior_slices() and tr.prior_mask[pz].any() and pz not in tr.priors]
+            for pz in prior_zs}
     todo_zs = [pz for pz in prior_zs if todo[pz]]
     t = time.perf_counter()
     for j in range(0, len(todo_zs), batch):
         chunk = todo_zs[j : j + batch]
         for pz, enc in zip(chunk, engine.encode_batch([prior_imgs[pz] for pz in chunk])):
             for tr in todo[pz]:
-                pool.prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz], encoded=enc)
+                tr.priors[pz] = pool.prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz], encoded=enc)
     timings["encode_prior"] = time.perf_counter() - t
     wanted = [set(tr.slices["all"]) for tr in tracks]
     expected = [set(tr.slices["expected"]) for tr in tracks]
@@ -195,7 +205,7 @@ def _segment_slice(tr: _Track, z: int, expected: bool, enc, engine: P2SAMEngine,
                    prior_imgs: dict[int, np.ndarray], method: str, sampler: SamplerConfig | None, latent_head) -> None:
     """One structure on one encoded follow-up slice: decode, sample, record."""
     pz = tr.correspondence[z]
-    engine_prior = pool.prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz])
+    engine_prior = tr.priors.get(pz) or pool.prior(model_name, engine, prior_imgs[pz], tr.prior_mask[pz])
     seg = engine.segment(enc, engine_prior, method=method)
     tr.mask[z] = seg.mask
     tr.probability[z] = 1.0 / (1.0 + np.exp(-np.clip(seg.logits, -30, 30)))

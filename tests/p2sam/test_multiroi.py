@@ -77,7 +77,8 @@ def test_unknown_names_are_one_error_listing_what_the_set_holds(two_roi_case):
 
 def test_shared_encoding_gives_each_structure_its_one_roi_result(two_roi_case, settings, pool):
     """Same masks, probabilities and prompts as one segment_followup per structure, with one
-    encoder call per follow-up slice for both structures (counted, the engine is the real one)."""
+    encoder pass per follow-up slice for both structures and one per prior slice, even when the
+    pool's prior cache holds fewer priors than the job needs (counted; the engine is the real one)."""
     prior = imaging.read_image(two_roi_case["prior"])
     target = imaging.read_image(two_roi_case["followup1"])
     model = pool.resolve("ct_phantom", False)
@@ -94,7 +95,8 @@ def test_shared_encoding_gives_each_structure_its_one_roi_result(two_roi_case, s
 
     engine.encode_batch = counting
     try:
-        both = segment_structures(prior, masks, target, engine, ModelPool(settings), model)
+        tiny = ModelPool(settings.model_copy(update={"prior_cache_size": 1}))  # fewer cache places than priors
+        both = segment_structures(prior, masks, target, engine, tiny, model)
     finally:
         del engine.encode_batch
     union = {r.z for res in both for r in res.slices}
