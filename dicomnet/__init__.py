@@ -5,7 +5,8 @@
 - :mod:`dicomnet.outbox`   the persistent outbox: every (artifact, destination) delivery on the data volume
 - :mod:`dicomnet.gateway`  the sender loop: finished jobs -> deliveries -> sent, retried with backoff
 - :mod:`dicomnet.listener` the C-STORE SCP (`p2sam dicom-listener`): received series -> uploads
-- :mod:`dicomnet.pull`     QIDO-RS / WADO-RS: a job's study / series UIDs -> uploads
+- :mod:`dicomnet.pacs`     query / retrieve from a PACS: QIDO-RS + WADO-RS (httpx) or C-FIND + C-GET (pynetdicom)
+- :mod:`dicomnet.pull`     a job's inputs named by study / series UIDs -> pulled into uploads before it runs
 
 Logs name job, upload and delivery ids, AE titles and counts; never patient names, IDs or UIDs.
 """

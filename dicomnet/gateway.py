@@ -25,7 +25,7 @@ import pydicom
 from p2sam.jobstore import SUCCEEDED, JobStore, process_owner
 
 from .outbox import DELIVERED, FAILED, REFUSED, SENT_KINDS, Outbox, public
-from .peers import Peer, PeerError, default_destinations, peers_of
+from .peers import Peer, PeerError, check_destinations, default_destinations, peers_of
 from .send import REFUSED as OUT_REFUSED
 from .send import TRANSIENT, Outcome, send_file
 
@@ -70,29 +70,60 @@ class Gateway:
             log.info("job %s: %d deliveries enqueued", record["id"], len(created))
         return created
 
-    def sweep_jobs(self) -> list[str]:
-        """Enqueue the deliveries of succeeded jobs that ask for some; returns those job ids."""
+    def destinations_of(self, record: dict[str, Any]) -> list[str] | None:
+        """Where the job's results go: its own ``dicom.destinations``, else (a job that named none,
+        finished since the outbox was created, not a batch's patient task) P2SAM_DICOM_DESTINATIONS."""
         from p2sam.batchstore import is_patient_task
 
-        done = []
+        d = record.get("dicom")
+        if d is not None:
+            return d.get("destinations") or []
         defaults = default_destinations(self.settings)
+        if not defaults or is_patient_task(record) or (record.get("finished_at") or 0) < self.outbox.since:
+            return []
+        return defaults
+
+    def sweep_jobs(self) -> list[str]:
+        """Enqueue the deliveries of succeeded jobs that ask for some; returns those job ids."""
+        done = []
         for r in self.store.by_state(SUCCEEDED):
-            d = r.get("dicom")
-            if d is None:  # a job that named no destinations: P2SAM_DICOM_DESTINATIONS, if it finished since
-                if not defaults or is_patient_task(r) or (r.get("finished_at") or 0) < self.outbox.since:
-                    continue
-                d = {"destinations": defaults}
-            if not d.get("destinations") or d.get("enqueued") or r.get("purged_at"):
+            if (r.get("dicom") or {}).get("enqueued") or r.get("purged_at"):
                 continue
-            self.enqueue_job(r, d["destinations"])
-
-            def mark(rec: dict, d=d) -> None:
-                rec["dicom"] = {**d, "enqueued": time.time()}
-
-            self.store.update(r["id"], mark)
-            self.mirror(r["id"])
+            destinations = self.destinations_of(r)
+            if not destinations:
+                continue
+            self._enqueue_and_mark(r, destinations)
             done.append(r["id"])
         return done
+
+    def _enqueue_and_mark(self, record: dict[str, Any], destinations: list[str]) -> list[dict]:
+        created = self.enqueue_job(record, destinations)
+
+        def mark(rec: dict) -> None:
+            rec["dicom"] = {**(rec.get("dicom") or {}), "destinations": destinations, "enqueued": time.time()}
+
+        self.store.update(record["id"], mark)
+        self.mirror(record["id"])
+        return created
+
+    def request(self, record: dict[str, Any], destinations: list[str] | None, again: bool = False) -> list[str]:
+        """``POST /v1/jobs/{id}/deliveries``: deliver a succeeded job's results to ``destinations``
+        (new ones are added to the job; absent: all it has), re-sending refused / failed deliveries
+        there (``again``: delivered ones too). Returns the ids of the deliveries now due; PeerError
+        for an unknown peer or a job without destinations."""
+        current = self.destinations_of(record)
+        wanted = list(destinations) if destinations is not None else current
+        if not wanted:
+            raise PeerError("the job has no destinations; name some (peers: "
+                            f"{', '.join(sorted(self.peers)) or 'none configured (P2SAM_DICOM_PEERS)'})")
+        check_destinations(wanted, self.peers)
+        created = self._enqueue_and_mark(record, list(dict.fromkeys([*current, *wanted])))
+        ids = [d["id"] for d in self.outbox.for_job(record["id"]) if d["destination"] in wanted]
+        resent = self.outbox.resend(record["id"], ids, include_delivered=again)
+        self.mirror(record["id"])
+        due = {d["id"] for d in created if d["destination"] in wanted} | {d["id"] for d in resent}
+        log.info("job %s: %d deliveries requested", record["id"], len(due))
+        return sorted(due)
 
     # --- sending
     def send_due(self, job_ids: list[str] | None = None) -> list[dict]:

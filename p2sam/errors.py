@@ -54,6 +54,9 @@ STORAGE_UNAVAILABLE = ErrorClass(
     503, "storage-unavailable", "Storage unavailable", True,
     "the data volume is read-only or full; nothing was changed. Retry later; an administrator must check "
     "P2SAM_DATA_DIR's disk")
+NOT_ON_PACS = ErrorClass(404, "not-on-pacs", "Not found on the PACS", True)
+PACS_UNAVAILABLE = ErrorClass(503, "pacs-unavailable", "PACS unavailable", True)  # retried before it is shown
+PACS_REFUSED = ErrorClass(502, "pacs-refused", "The PACS refused the request", True)
 INTERNAL = ErrorClass(500, "internal-error", "Internal error", False,
                       "internal error; the server log has the details")
 
@@ -67,6 +70,10 @@ TABLE: list[tuple[str, str, ErrorClass]] = [
     ("p2sam.errors", "JobInputError", INVALID_INPUT),           # unknown model, no latent head, ...
     ("p2sam.datasets", "DatasetError", INVALID_INPUT),          # a training dataset folder that does not fit
     ("pydantic_core", "ValidationError", INVALID_INPUT),        # a JobSpec / manifest that does not validate
+    ("dicomnet.pull", "PullInputError", INVALID_INPUT),         # a study/series reference that fits several series
+    ("dicomnet.pacs", "NotOnPacs", NOT_ON_PACS),                # a job's study/series the PACS does not hold
+    ("dicomnet.pacs", "PacsUnavailable", PACS_UNAVAILABLE),     # the PACS stayed down while the job pulled
+    ("dicomnet.pacs", "PacsRefused", PACS_REFUSED),             # credentials / not allowed
     ("models.checkpoints", "CheckpointError", MODEL_UNAVAILABLE),  # a weights file that cannot be loaded
     ("torch", "OutOfMemoryError", OUT_OF_GPU_MEMORY),           # torch.cuda.OutOfMemoryError (a RuntimeError)
     ("builtins", "MemoryError", OUT_OF_MEMORY),

@@ -250,7 +250,7 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
                 ax.text(0.5, ypos, txt, transform=ax.transAxes, color="yellow", fontsize=8, ha="center", va=va,
                         weight="bold", path_effects=halo)
             # 1 cm scale bar, bottom right (above the FLAGGED label, which spans the panel's bottom)
-            bar_x1, bar_y = w * sx * 0.95, h * sy * (0.84 if z in flagged else 0.93)
+            bar_x1, bar_y = w * sx * 0.95, h * sy * (0.78 if z in flagged else 0.93)
             ax.plot([bar_x1 - 10.0, bar_x1], [bar_y, bar_y], color="white", linewidth=2.5, solid_capstyle="butt",
                     path_effects=halo)
             ax.text(bar_x1 - 5.0, bar_y - h * sy * 0.02, "1 cm", color="white", fontsize=6.5, ha="center", va="bottom",
@@ -259,7 +259,7 @@ def write_review_sheet(folder: Path, name: str, target: Volume, result: Followup
             for side in ax.spines.values():
                 side.set_edgecolor(FLAG)
                 side.set_linewidth(3)
-            ax.text(0.03, 0.03, "FLAGGED: " + "; ".join(_short(r) for r in flagged[z]), transform=ax.transAxes,
+            ax.text(0.03, 0.09, "FLAGGED: " + "; ".join(_short(r) for r in flagged[z]), transform=ax.transAxes,
                     color="white", fontsize=6.5 if panel_in > 1.6 else 5.5, va="bottom", ha="left",
                     bbox={"facecolor": FLAG, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
         else:

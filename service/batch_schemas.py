@@ -32,6 +32,13 @@ class PatientIn(BaseModel):
     prior: PriorIn
     visits: list[VisitIn] = Field(min_length=1, max_length=500)
 
+    @field_validator("prior")
+    @classmethod
+    def _uploaded(cls, v: PriorIn) -> PriorIn:
+        if v.pulled:
+            raise ValueError("a batch's prior is an upload (upload_id); study / series UIDs on a PACS are for single jobs")
+        return v
+
     @field_validator("visits")
     @classmethod
     def _unique_names(cls, v: list[VisitIn]) -> list[VisitIn]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from .problems import ProblemModel
 
 Id = Field(pattern=r"^[0-9a-f]{32}$", description="an id this service issued (32 hex digits)")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_UID = r"^[0-9]+(\.[0-9]+)*$"
 
 
 def ts(value: float | None) -> datetime | None:
@@ -70,15 +72,28 @@ def _strip(items: list[dict]) -> list[dict]:
 
 # --- jobs
 class PriorIn(BaseModel):
-    """The prior: an image and its contour (in the same upload, e.g. a zip of the series and its
-    RTSTRUCT, or a separate upload of an RTSTRUCT / SEG / NIfTI / PNG mask)."""
+    """The prior: an image and its contour, either uploaded (``upload_id``: e.g. a zip of the series
+    and its RTSTRUCT, or a separate upload of an RTSTRUCT / SEG / NIfTI / PNG mask) or on a PACS
+    (``peer`` + ``study_uid`` and/or ``series_uid``: the series and the study's RTSTRUCT / SEG are
+    pulled before the job runs; deploy/README-dicom.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    upload_id: str = Id
-    series_uid: str | None = Field(None, max_length=64, description="which DICOM series, when the upload holds several")
+    upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="an upload holding the prior's image (or give peer + UIDs)")
+    series_uid: str | None = Field(None, max_length=64, description="which DICOM series, when the upload (or the PACS study) holds several")
     mask_upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="upload holding the contour (default: upload_id)")
     mask_item: str | None = Field(None, max_length=16, description="which contour object of that upload (m1, f1, ...), when several")
     roi: str | None = Field(None, min_length=1, max_length=64, description="RTSTRUCT ROI name/number, SEG segment, NIfTI label; default: the only one")
+    peer: str | None = Field(None, pattern=_NAME, description="PACS to pull from (a name in P2SAM_DICOM_PEERS; default P2SAM_DICOM_PULL_SOURCE)")
+    study_uid: str | None = Field(None, max_length=64, pattern=_UID, description="PACS: the prior's study (its RTSTRUCT / SEG is pulled with the series)")
+    mask_series_uid: str | None = Field(None, max_length=64, pattern=_UID, description="PACS: the RTSTRUCT / SEG series, when the study holds several")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PriorIn":
+        return _one_source(self, "prior", ("mask_upload_id", "mask_item"), ("mask_series_uid",))
+
+    @property
+    def pulled(self) -> bool:
+        return self.upload_id is None
     rois: list[str] | Literal["all"] | None = Field(
         None, description="several structures in one job instead of roi: ROI names/numbers, or 'all' (every ROI with "
                           "contours on the prior); each target gets ONE RTSTRUCT and ONE multi-segment SEG with all of them")
@@ -89,19 +104,58 @@ class PriorIn(BaseModel):
         return check_rois(v)
 
     @model_validator(mode="after")
-    def _one_roi_form(self):
+    def _one_roi_form(self) -> "PriorIn":
         if self.rois is not None and self.roi is not None:
             raise ValueError("give either roi (one structure) or rois (several), not both")
         return self
 
 
 class TargetIn(BaseModel):
-    """A follow-up image to segment the prior's structure on."""
+    """A follow-up image to segment the prior's structure on: uploaded (``upload_id``) or on a PACS
+    (``peer`` + ``series_uid``, ``study_uid`` optional)."""
 
     model_config = ConfigDict(extra="forbid")
-    upload_id: str = Id
+    upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="an upload holding the image (or give peer + series_uid)")
     series_uid: str | None = Field(None, max_length=64)
     name: str | None = Field(None, pattern=_NAME, description="result folder name (default target1, target2, ...)")
+    peer: str | None = Field(None, pattern=_NAME, description="PACS to pull from (default P2SAM_DICOM_PULL_SOURCE)")
+    study_uid: str | None = Field(None, max_length=64, pattern=_UID, description="PACS: the series' study (found by QIDO / C-FIND when absent)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TargetIn":
+        if self.upload_id is None and not self.series_uid:
+            raise ValueError("a target pulled from a PACS needs series_uid")
+        return _one_source(self, "target", (), ())
+
+    @property
+    def pulled(self) -> bool:
+        return self.upload_id is None
+
+
+def _peer_names(v: list[str] | None) -> list[str] | None:
+    if v is None:
+        return v
+    bad = [d for d in v if not re.fullmatch(_NAME, d)]
+    if bad:
+        raise ValueError(f"destinations: peer names are letters, digits, '.', '_', '-' ({bad[0]!r})")
+    return list(dict.fromkeys(v))
+
+
+def _one_source(ref, what: str, upload_only: tuple[str, ...], pacs_only: tuple[str, ...]):
+    """An input is an upload (upload_id) or a PACS reference (peer / UIDs), never both."""
+    if ref.upload_id is not None:
+        mixed = [k for k in ("peer", "study_uid", *pacs_only) if getattr(ref, k) is not None]
+        if mixed:
+            raise ValueError(f"{what}: upload_id, or peer + study_uid / series_uid (a PACS), not both ({', '.join(mixed)})")
+        return ref
+    mixed = [k for k in upload_only if getattr(ref, k) is not None]
+    if mixed:
+        raise ValueError(f"{what}: {', '.join(mixed)} refer to uploads; a prior from a PACS names mask_series_uid")
+    if not (ref.study_uid or ref.series_uid):
+        raise ValueError(f"{what}: give upload_id, or study_uid / series_uid of a PACS")
+    if ref.series_uid is not None and not re.fullmatch(_UID, ref.series_uid):
+        raise ValueError(f"{what}.series_uid: a DICOM UID (digits and dots)")
+    return ref
 
 
 class JobSettingsIn(BaseModel):
@@ -148,6 +202,14 @@ class JobIn(JobSettingsIn):
     prior: PriorIn
     targets: list[TargetIn] = Field(min_length=1, max_length=64)
     queue: Literal["interactive", "batch"] = "interactive"
+    destinations: list[str] | None = Field(None, max_length=16, description="DICOM peers (names in P2SAM_DICOM_PEERS) the "
+                                           "RTSTRUCT and SEGs are sent to once the job succeeds; absent: P2SAM_DICOM_DESTINATIONS; "
+                                           "[]: none")
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, v: list[str] | None) -> list[str] | None:
+        return _peer_names(v)
 
     @field_validator("targets")
     @classmethod
@@ -186,6 +248,49 @@ class ReviewOut(BaseModel):
         return cls(target=target, decision=r["decision"], comment=r.get("comment"), by=r["by"], at=ts(r["at"]))
 
 
+class DeliveryOut(BaseModel):
+    """One result file (artifact) sent to one DICOM destination (dicomnet.outbox)."""
+
+    id: str
+    target: str
+    artifact: str = Field(description="rtstruct.dcm, seg.dcm or probability_seg.dcm")
+    destination: str = Field(description="the peer's name (P2SAM_DICOM_PEERS)")
+    protocol: str = Field(description="c-store or stow-rs")
+    state: Literal["pending", "sending", "delivered", "refused", "failed"]
+    attempts: int
+    last_error: str | None
+    message: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> "DeliveryOut":
+        return cls(**{k: d.get(k) for k in ("id", "target", "artifact", "destination", "protocol", "state", "attempts",
+                                              "last_error", "message")},
+                   next_attempt_at=ts(d.get("next_attempt_at")), delivered_at=ts(d.get("delivered_at")))
+
+
+class DeliveriesIn(BaseModel):
+    """Send a succeeded job's RTSTRUCT + SEGs (again): to new destinations, or re-send refused /
+    failed deliveries (``again``: delivered ones too)."""
+
+    model_config = ConfigDict(extra="forbid")
+    destinations: list[str] | None = Field(None, min_length=1, max_length=16, description="peer names (P2SAM_DICOM_PEERS); "
+                                           "absent: every destination the job has")
+    again: bool = Field(False, description="also re-send what was delivered already (same SOP Instance UIDs: a PACS keeps one copy)")
+
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        return _peer_names(v)
+
+
+class DeliveriesOut(BaseModel):
+    job_id: str
+    requeued: list[str] = Field(description="ids of the deliveries (re)queued by this request")
+    deliveries: list[DeliveryOut]
+
+
 class JobOut(BaseModel):
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -204,6 +309,9 @@ class JobOut(BaseModel):
     cancel_requested: bool
     purged: bool
     reviews: dict[str, ReviewOut] = Field(default_factory=dict, description="per target: the latest review")
+    destinations: list[str] = Field(default_factory=list, description="DICOM peers its results are sent to")
+    deliveries: list[DeliveryOut] = Field(default_factory=list, description="per artifact x destination: state, attempts, "
+                                          "last error (updated by the DICOM sender)")
     links: dict[str, str]
 
     @classmethod
@@ -217,7 +325,9 @@ class JobOut(BaseModel):
                    targets=r.get("targets", []), warnings=r.get("warnings", []), error=r.get("error"),
                    attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested")),
                    purged=r.get("purged_at") is not None, links=links,
-                   reviews={t: ReviewOut.of(t, v) for t, v in (r.get("reviews") or {}).items()})
+                   reviews={t: ReviewOut.of(t, v) for t, v in (r.get("reviews") or {}).items()},
+                   destinations=(r.get("dicom") or {}).get("destinations") or [],
+                   deliveries=[DeliveryOut.of(d) for d in r.get("deliveries") or []])
 
 
 class JobListOut(BaseModel):

@@ -62,17 +62,28 @@ def check_key(key: str) -> None:
 
 
 def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
-    """The job record for a request (resolving uploads: 404/422 when they do not fit)."""
+    """The job record for a request (resolving uploads: 404/422 when they do not fit; inputs on a
+    PACS are planned here and pulled by the worker: dicomnet.pull)."""
     uploads = services.uploads
     owner = None if who.is_admin else who.key_id
     p = body.prior
-    prior_image = uploads.resolve_image(p.upload_id, p.series_uid, owner, "prior")
-    mask_upload = p.mask_upload_id or p.upload_id
-    prior_mask, roi = uploads.resolve_mask(mask_upload, p.mask_item, p.roi, owner, same_as_image=mask_upload == p.upload_id,
-                                           rois=p.rois)
+    pulls = []
+    if p.pulled:
+        pulls.append(_pacs(services, "prior", p))
+        prior_image = prior_mask = _placeholder(pulls[-1])
+        roi, mask_upload = p.roi, None
+    else:
+        prior_image = uploads.resolve_image(p.upload_id, p.series_uid, owner, "prior")
+        mask_upload = p.mask_upload_id or p.upload_id
+        prior_mask, roi = uploads.resolve_mask(mask_upload, p.mask_item, p.roi, owner, same_as_image=mask_upload == p.upload_id,
+                                               rois=p.rois)
     targets = []
     for i, t in enumerate(body.targets):
-        path = uploads.resolve_image(t.upload_id, t.series_uid, owner, f"targets[{i}]")
+        if t.pulled:
+            pulls.append(_pacs(services, f"targets[{i}]", t))
+            path = _placeholder(pulls[-1])
+        else:
+            path = uploads.resolve_image(t.upload_id, t.series_uid, owner, f"targets[{i}]")
         targets.append({"path": path, "name": t.name or f"target{i + 1}"})
     names = [t["name"] for t in targets]
     if len(set(names)) != len(names):
@@ -82,10 +93,42 @@ def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
     spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi, rois=p.rois, targets=targets, outputs=body.outputs,
                    model=body.model, method=body.method, n_samples=body.n_samples, sampler=body.sampler,
                    window=body.window, slice_margin=body.slice_margin, roi_name_out=body.roi_name_out)
-    upload_ids = sorted({p.upload_id, mask_upload, *(t.upload_id for t in body.targets)})
-    return {"id": new_id(), "owner": {"key_id": who.key_id, "name": who.name}, "queue": body.queue,
-            "request": body.model_dump(mode="json"), "spec": spec.model_dump(mode="json"), "uploads": upload_ids,
-            "targets": names, "model": {"requested": body.model}}
+    upload_ids = sorted({p.upload_id, mask_upload, *(t.upload_id for t in body.targets), *(e["upload_id"] for e in pulls)} - {None})
+    record = {"id": new_id(), "owner": {"key_id": who.key_id, "name": who.name}, "queue": body.queue,
+              "request": body.model_dump(mode="json"), "spec": spec.model_dump(mode="json"), "uploads": upload_ids,
+              "targets": names, "model": {"requested": body.model}}
+    if pulls:
+        record["pull"] = pulls
+    if body.destinations is not None:
+        record["dicom"] = {"destinations": _destinations(services, body.destinations)}
+    return record
+
+
+def _pacs(services, role: str, ref) -> dict[str, Any]:
+    """The pull entry of an input on a PACS (422 for an unknown peer)."""
+    from dicomnet.peers import PeerError
+    from dicomnet.pull import plan
+
+    try:
+        return plan(role, ref.model_dump(), services.settings)
+    except PeerError as exc:
+        raise Problem(422, str(exc), slug="unknown-peer") from None
+
+
+def _placeholder(entry: dict[str, Any]) -> str:
+    from dicomnet.pull import placeholder
+
+    return placeholder(entry)
+
+
+def _destinations(services, names: list[str]) -> list[str]:
+    from dicomnet.peers import PeerError, check_destinations, peers_of
+
+    try:
+        check_destinations(names, peers_of(services.settings))
+    except PeerError as exc:
+        raise Problem(422, str(exc), slug="unknown-peer") from None
+    return names
 
 
 def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:

@@ -178,6 +178,10 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     out_dir = patient_folder(store, record) if patient else store.results_dir(job_id)
     reporter = _Reporter(store, job_id, owner, settings, beat, out_dir)
     try:
+        if not patient and record.get("pull"):  # inputs named by study / series UIDs: from the PACS first (dicomnet.pull)
+            from dicomnet.pull import pull_inputs
+
+            record = pull_inputs(record, store, settings, reporter.progress, reporter.is_cancelled)
         for retry in range(TRANSIENT_RETRIES + 1):
             try:
                 if patient:

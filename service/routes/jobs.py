@@ -18,7 +18,7 @@ from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
-from ..schemas import JobIn, JobListOut, JobOut, ResultsOut
+from ..schemas import DeliveriesIn, DeliveriesOut, DeliveryOut, JobIn, JobListOut, JobOut, ResultsOut
 from ..submit import IDEMPOTENCY_KEY_PATTERN, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -118,6 +118,30 @@ def get_results(request: Request, job_id: str, who: Principal = Depends(principa
                         "notes": t.get("notes") or [], "structures": t.get("structures"), "artifacts": artifacts})
     return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record["model"]["requested"]},
                       method=summary.get("method"), targets=targets)
+
+
+@router.post("/{job_id}/deliveries", status_code=202, response_model=DeliveriesOut, responses=documented(401, 403, 404, 409, 410, 422))
+def post_deliveries(request: Request, job_id: str, body: DeliveriesIn, who: Principal = Depends(principal)) -> DeliveriesOut:
+    """Send the job's RTSTRUCT + SEGs to DICOM destinations (new ones are added to the job) or
+    re-send refused / failed deliveries (``again``: delivered ones too). 202: the DICOM sender
+    (`p2sam dicom-listener` / `dicom-send`) sends them on its next round; the job's
+    ``deliveries`` shows each one's state."""
+    from dicomnet.gateway import Gateway
+    from dicomnet.peers import PeerError
+
+    services = request.app.state.services
+    record = _job(request, job_id, who, "job.deliveries", write=True, verb="send the results of")
+    _finished(record)
+    gateway = Gateway(services.settings, services.store)
+    try:
+        due = gateway.request(record, body.destinations, again=body.again)
+    except PeerError as exc:
+        services.audit.write(who, "job.deliveries", job_id=job_id, outcome="rejected", status=422)
+        raise Problem(422, str(exc), slug="unknown-peer") from None
+    services.audit.write(who, "job.deliveries", job_id=job_id, destinations=body.destinations, again=body.again,
+                         requeued=len(due))
+    shown = (services.store.get(job_id) or record).get("deliveries") or []
+    return DeliveriesOut(job_id=job_id, requeued=due, deliveries=[DeliveryOut.of(d) for d in shown])
 
 
 @router.get("/{job_id}/artifacts/{target}/{name}", responses={

@@ -49,6 +49,7 @@ class Orthanc:
             "Name": f"p2sam-test-{aet}", "StorageDirectory": str(self.root / "db"), "IndexDirectory": str(self.root / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True,
             "DicomModalities": modalities or {}, "StableAge": 1, "SaveJobs": False, "OverwriteInstances": False,
             "DicomScpTimeout": 10, "HttpServerEnabled": True, "DicomServerEnabled": True, "ConcurrentJobs": 1,
             "HttpThreadsCount": 4, "StorageCompression": False,
