@@ -158,3 +158,21 @@ def list_rois(path: PathLike) -> list[str]:
     if kind == "seg":
         return [label for _, label in seg.seg_segments(p)]
     raise UnsupportedFileError(f"{p.name}: ROI names exist only in RTSTRUCT and SEG files")
+
+
+def roi_catalog(path: PathLike, image: Volume | None = None) -> list[rtstruct.RoiInfo]:
+    """Every ROI a contour object holds, in file order, with what the writers carry over:
+    RTSTRUCT ROIs (number, name, contour count, RTROIInterpretedType, ROIDisplayColor), SEG
+    segments (number, label), NIfTI label values (on ``image``'s grid; needs ``image``).
+    A PNG/JPEG mask is one unnamed ROI."""
+    p, kind = _mask_file(path)
+    if kind == "rtstruct":
+        return rtstruct.rtstruct_rois(p)
+    if kind == "seg":
+        return [rtstruct.RoiInfo(number, label, 1) for number, label in seg.seg_segments(p)]
+    if kind == "nifti":
+        if image is None:
+            raise UnsupportedFileError(f"{p.name}: NIfTI labels are listed on an image grid; give the image")
+        values = [v for v in np.unique(nifti.read_nifti_array(p, image)) if v != 0]
+        return [rtstruct.RoiInfo(int(v), f"{v:g}", 1) for v in values if float(v).is_integer()]
+    return [rtstruct.RoiInfo(1, "mask", 1)]

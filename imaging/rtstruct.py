@@ -42,6 +42,7 @@ class RoiInfo:
     n_contours: int
     interpreted_type: str = ""
     frame_of_reference_uid: str = ""
+    color: tuple[int, int, int] | None = None  # ROIDisplayColor, when the file gives one
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RoiSpec:
     name: str
     color: tuple[int, int, int] = (255, 0, 0)
     interpreted_type: str = "GTV"
+    number: int | None = None  # ROINumber to write (default: position in the list, from 1)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -64,15 +66,26 @@ def _open(path) -> Dataset:
 
 
 def rtstruct_rois(path) -> list[RoiInfo]:
-    """ROIs of an RTSTRUCT (number, name, contour count, interpreted type, FoR)."""
+    """ROIs of an RTSTRUCT (number, name, contour count, interpreted type, FoR, colour)."""
     ds = _open(path)
     counts = {int(rc.ReferencedROINumber): len(rc.get("ContourSequence", []))
               for rc in ds.get("ROIContourSequence", [])}
+    colors = {int(rc.ReferencedROINumber): _color(rc.get("ROIDisplayColor")) for rc in ds.get("ROIContourSequence", [])}
     types = {int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", ""))
              for o in ds.get("RTROIObservationsSequence", [])}
     return [RoiInfo(int(r.ROINumber), str(r.get("ROIName", "")), counts.get(int(r.ROINumber), 0),
-                    types.get(int(r.ROINumber), ""), str(r.get("ReferencedFrameOfReferenceUID", "")))
+                    types.get(int(r.ROINumber), ""), str(r.get("ReferencedFrameOfReferenceUID", "")),
+                    colors.get(int(r.ROINumber)))
             for r in ds.get("StructureSetROISequence", [])]
+
+
+def _color(value) -> tuple[int, int, int] | None:
+    """ROIDisplayColor as three 0-255 integers, or None when absent or malformed."""
+    try:
+        rgb = tuple(round(float(c)) for c in (value or []))
+    except (TypeError, ValueError):
+        return None
+    return rgb if len(rgb) == 3 and all(0 <= c <= 255 for c in rgb) else None
 
 
 def _points(contour: Dataset) -> np.ndarray:
@@ -231,7 +244,10 @@ def write_rtstruct_rois(rois: list[RoiSpec], image: Volume, path, *, algorithm_n
 
     min_px = float(min_island_area_mm2) / image.voxel_area_mm2()
     roi_items, contour_items, observations = [], [], []
-    for number, spec in enumerate(rois, start=1):
+    numbers = [spec.number if spec.number is not None else i for i, spec in enumerate(rois, start=1)]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"RTSTRUCT: ROI numbers must be unique, got {numbers}")
+    for number, spec in zip(numbers, rois):
         item = Dataset()
         item.ROINumber = number
         item.ReferencedFrameOfReferenceUID = info.frame_of_reference_uid

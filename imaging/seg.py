@@ -12,6 +12,7 @@ the image's (same rows/columns, pixel spacing, orientation, in-plane origin).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -35,31 +36,86 @@ def write_seg(data: np.ndarray, image: Volume, path, *, fractional: bool = False
     ``data`` (z, y, x) on the image grid: bool mask (``fractional=False`` -> BINARY) or
     probabilities in [0, 1] (``fractional=True`` -> FRACTIONAL/PROBABILITY, 8-bit). Default
     segment coding: category "Morphologically Abnormal Structure", type "Neoplasm"."""
+    data = _checked(np.asarray(data), image, fractional)
+    segment = SegmentSpec(segment_label, property_category=property_category, property_type=property_type)
+    return _write(data, [segment], image, path, fractional, algorithm_name, algorithm_version, series_description,
+                  series_number, manufacturer, uid_entropy, omit_empty_frames=False)
+
+
+@dataclass
+class SegmentSpec:
+    """One segment of a multi-segment SEG: its label and coding (default: from the RTSTRUCT
+    interpreted type, see :func:`segment_codes`)."""
+
+    label: str
+    interpreted_type: str = ""
+    property_category: object = None
+    property_type: object = None
+
+
+def segment_codes(interpreted_type: str):
+    """(category, type) codes for an RTROIInterpretedType: targets (GTV, CTV, PTV, ITV) are a
+    neoplasm, EXTERNAL the entire body, organs at risk and the rest an organ / tissue."""
+    kind = (interpreted_type or "").upper()
+    if kind in ("", "GTV", "CTV", "PTV", "ITV"):
+        return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm
+    if kind == "EXTERNAL":
+        return codes.SCT.AnatomicalStructure, codes.SCT.EntireBody
+    if kind in ("ORGAN", "AVOIDANCE"):
+        return codes.SCT.AnatomicalStructure, codes.SCT.Organ
+    return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+def write_seg_segments(data: np.ndarray, segments: list[SegmentSpec], image: Volume, path, *, fractional: bool = False,
+                       algorithm_name: str = "P2SAM", algorithm_version: str = "",
+                       series_description: str = "P2SAM segmentation", series_number: int = 902,
+                       manufacturer: str = dc.MANUFACTURER, uid_entropy: str | None = None) -> Path:
+    """Write one DICOM SEG with several (possibly overlapping) segments.
+
+    ``data`` (S, z, y, x): one bool mask (or, ``fractional``, probability map) per segment, in
+    the order of ``segments`` (segment numbers 1..S). Frames that are empty for a segment are
+    left out (each segment keeps at least one frame)."""
+    data = np.asarray(data)
+    if data.ndim != 4 or data.shape[0] != len(segments) or not segments:
+        raise GeometryError(f"DICOM SEG: {len(segments)} segment(s) need a (S, z, y, x) array, got shape {data.shape}")
+    planes = np.stack([_checked(d, image, fractional) for d in data], axis=-1)  # (z, y, x, S): highdicom's layout
+    return _write(planes, segments, image, path, fractional, algorithm_name, algorithm_version, series_description,
+                  series_number, manufacturer, uid_entropy, omit_empty_frames=len(segments) > 1)
+
+
+def _checked(data: np.ndarray, image: Volume, fractional: bool) -> np.ndarray:
     info = dc.require_dicom(image, "DICOM SEG")
     if not info.headers or len(info.headers) != image.shape[0]:
         raise GeometryError(f"DICOM SEG needs the image's per-slice DICOM headers; {image.source} has none")
-    data = np.asarray(data)
     if data.shape != image.shape:
         raise GeometryError(f"DICOM SEG: array shape {data.shape} differs from image {image.shape} (z, y, x)")
     if fractional:
         data = data.astype(np.float32)
         if not np.all(np.isfinite(data)) or data.min() < 0 or data.max() > 1:
             raise GeometryError("DICOM SEG FRACTIONAL: probabilities must be finite and within [0, 1]")
-        seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
-    else:
-        if data.dtype.kind == "f":
-            raise GeometryError("DICOM SEG BINARY: got a float array; pass a bool mask or fractional=True")
-        data = data != 0
-        seg_type = hd.seg.SegmentationTypeValues.BINARY
+        return data
+    if data.dtype.kind == "f":
+        raise GeometryError("DICOM SEG BINARY: got a float array; pass a bool mask or fractional=True")
+    return data != 0
+
+
+def _write(data, segments: list[SegmentSpec], image: Volume, path, fractional: bool, algorithm_name: str,
+           algorithm_version: str, series_description: str, series_number: int, manufacturer: str,
+           uid_entropy: str | None, omit_empty_frames: bool) -> Path:
+    info = dc.require_dicom(image, "DICOM SEG")
+    seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name[:64], version=(algorithm_version or "unknown")[:64],
         family=codes.cid7162.ArtificialIntelligence)
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=segment_label[:64],
-        segmented_property_category=property_category or codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=property_type or codes.SCT.Neoplasm,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
+    descriptions = []
+    for number, segment in enumerate(segments, start=1):
+        category, kind = segment_codes(segment.interpreted_type)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=segment.label[:64],
+            segmented_property_category=segment.property_category or category,
+            segmented_property_type=segment.property_type or kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm))
     uid = (lambda what: dc.new_uid(f"{uid_entropy}-{what}")) if uid_entropy else (lambda what: dc.new_uid())
     kwargs = {}
     if fractional:
@@ -68,13 +124,12 @@ def write_seg(data: np.ndarray, image: Volume, path, *, fractional: bool = False
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
             source_images=info.headers, pixel_array=data, segmentation_type=seg_type,
-            segment_descriptions=[description], series_instance_uid=uid("series"), series_number=series_number,
+            segment_descriptions=descriptions, series_instance_uid=uid("series"), series_number=series_number,
             sop_instance_uid=uid("sop"), instance_number=1, manufacturer=manufacturer[:64],
             manufacturer_model_name=algorithm_name[:64], software_versions=(algorithm_version or "unknown")[:64],
             device_serial_number="none", series_description=series_description[:64],
-            omit_empty_frames=False, **kwargs)
+            omit_empty_frames=omit_empty_frames, **kwargs)
     return dc.save(seg, path)
-
 
 
 def _open(path):

@@ -9,8 +9,13 @@ prior otherwise).
 
 Manifest formats:
 - JSON: ``{"patients": [{"id": "p1", "prior": {"image": ..., "mask": ..., "roi": ...},
-  "visits": [{"image": ..., "truth": ..., "name": ...}, ...]}], "defaults": {JobSpec fields}}``
-- CSV: columns ``patient, role (prior|visit), image, mask, roi, truth, name``; rows in visit order.
+  "visits": [{"image": ..., "truth": ..., "name": ...}, ...]}], "defaults": {JobSpec fields}}``;
+  ``"rois": [...]`` or ``"all"`` instead of ``roi``: every structure in one job per visit.
+- CSV: columns ``patient, role (prior|visit), image, mask, roi, rois, truth, name``; rows in visit
+  order; ``rois``: names separated by ``;``, or ``all``.
+  A multi-ROI visit reports found / volume / review over its structures (result.json has each);
+  its ``truth`` is not scored (one truth mask cannot say which structure it is), and a chained
+  multi-ROI patient carries the visit's RTSTRUCT with ``rois: all`` (the structures found).
 - ``sequences_manifest(folder)``: a CVC-ClinicDB-style folder (``seqNN/<n>.png`` + ``<n>_mask.png``):
   sequence = patient, frame = visit, the 3rd frame is the prior, frames 1-3 are not scored.
 """
@@ -24,15 +29,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import imaging
 
 from .pipeline import JobCancelled, dice, run_job
-from .spec import JobSpec, TargetSpec
+from .spec import JobSpec, TargetSpec, check_rois
 
 
 class PriorEntry(BaseModel):
@@ -40,6 +45,12 @@ class PriorEntry(BaseModel):
     image: str
     mask: str
     roi: str | None = None
+    rois: list[str] | Literal["all"] | None = None
+
+    @field_validator("rois")
+    @classmethod
+    def _rois(cls, v):
+        return check_rois(v)
 
 
 class VisitEntry(BaseModel):
@@ -78,12 +89,21 @@ def _from_csv(path: Path) -> Manifest:
                 raise ValueError(f"{path.name} line {n}: empty patient")
             entry = patients.setdefault(pid, {"id": pid, "visits": []})
             if role == "prior":
-                entry["prior"] = {"image": row["image"], "mask": row.get("mask") or "", "roi": row.get("roi") or None}
+                entry["prior"] = {"image": row["image"], "mask": row.get("mask") or "", "roi": row.get("roi") or None,
+                                  "rois": _csv_rois(row.get("rois"))}
             elif role == "visit":
                 entry["visits"].append({"image": row["image"], "truth": row.get("truth") or None, "name": row.get("name") or None})
             else:
                 raise ValueError(f"{path.name} line {n}: role must be prior or visit, got '{role}'")
     return Manifest(patients=[PatientEntry(**p) for p in patients.values()])
+
+
+def _csv_rois(value: str | None) -> list[str] | str | None:
+    """The CSV ``rois`` cell: empty -> None, ``all``, or names separated by ``;``."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    return "all" if value == "all" else [v.strip() for v in value.split(";") if v.strip()]
 
 
 def _frame_number(path: Path) -> int:
@@ -156,7 +176,7 @@ def run_batch(
     defaults = {**manifest.defaults, **(overrides or {})}
     reports: list[VisitReport] = []
     for pi, patient in enumerate(manifest.patients):
-        prior_image, prior_mask, roi = patient.prior.image, patient.prior.mask, patient.prior.roi
+        prior_image, prior_mask, roi, rois = patient.prior.image, patient.prior.mask, patient.prior.roi, patient.prior.rois
         patient_dir = out_dir / patient.id
         for vi, visit in enumerate(patient.visits):
             name = visit_name(visit, vi)
@@ -164,7 +184,7 @@ def run_batch(
             finished = (patient_dir / name / "result.json").is_file()
             t0 = time.perf_counter()
             try:
-                spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi,
+                spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi, rois=rois,
                                targets=[TargetSpec(path=visit.image, name=name)], **defaults)
                 run(spec, patient_dir)
                 report.skipped = finished
@@ -176,7 +196,10 @@ def run_batch(
             report.seconds = round(time.perf_counter() - t0, 3)
             reports.append(report)
             if chain and report.error is None and report.found:
-                prior_image, prior_mask, roi = visit.image, str(_mask_file(patient_dir / name)), None
+                if rois is None:
+                    prior_image, prior_mask, roi = visit.image, str(_mask_file(patient_dir / name)), None
+                elif (patient_dir / name / "rtstruct.dcm").is_file():  # every structure found, one set
+                    prior_image, prior_mask, rois = visit.image, str(patient_dir / name / "rtstruct.dcm"), "all"
             if progress is not None:
                 progress(patient.id, pi, len(manifest.patients), vi + 1, len(patient.visits))
     if report_files:
@@ -213,6 +236,8 @@ def write_plots(reports: list[VisitReport], out_dir: Path) -> list[Path]:
 
 def _mask_file(folder: Path) -> Path:
     png = folder / "mask.png"
+    if not png.exists() and not (folder / "mask.nii.gz").exists() and (folder / "labels.nii.gz").exists():
+        return folder / "labels.nii.gz"  # a multi-ROI visit: every structure's label
     return png if png.exists() else folder / "mask.nii.gz"
 
 
@@ -236,7 +261,7 @@ def _fill(report: VisitReport, folder: Path, visit: VisitEntry) -> None:
     target = imaging.read_image(visit.image)
     predicted = _mask_or_empty(_mask_file(folder), target)
     report.area_px = int(predicted.sum())
-    if visit.truth:
+    if visit.truth and "structures" not in result:
         truth = _mask_or_empty(visit.truth, target)
         report.dice = dice(predicted, truth)
         report.truth_volume_ml = float(truth.sum() * np.prod(target.spacing) / 1000.0)

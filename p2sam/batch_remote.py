@@ -95,6 +95,8 @@ def batch_request(api: Api, manifest: Manifest, chain: bool, defaults: dict[str,
             prior["mask_upload_id"] = upload(p.prior.mask)
         if p.prior.roi:
             prior["roi"] = p.prior.roi
+        if p.prior.rois is not None:
+            prior["rois"] = p.prior.rois
         visits = []
         for v in p.visits:
             visit: dict[str, Any] = {"upload_id": upload(v.image)}

@@ -45,8 +45,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import run_job
     from .spec import JobSpec, TargetSpec
 
+    roi, rois = roi_args(args.roi)
     spec = JobSpec(
-        prior_image=args.prior, prior_mask=args.prior_mask, roi=args.roi,
+        prior_image=args.prior, prior_mask=args.prior_mask, roi=roi, rois=rois,
         targets=[TargetSpec(path=t) for t in args.target],
         outputs=args.outputs.split(",") if args.outputs else JobSpec.model_fields["outputs"].default_factory(),
         model=args.model, method=args.method, n_samples=args.samples, sampler=args.sampler,
@@ -70,6 +71,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     notes: list[str] = []
     for t in summary["targets"]:
         print(f"{t['target']:<16}{str(t['found']):>7}{size_text(t):>14}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
+        for st in t.get("structures", []):  # a multi-ROI job: one line per structure
+            print(f"{'  ' + st['name']:<16}{st['found']!s:>7}{size_text(st):>14}{('yes' if st['review'] else 'no'):>8}")
         for w in t["warnings"]:
             print(f"{'':<16}warning: {w}")
         notes += [n for n in t.get("notes", []) if n not in notes]
@@ -79,6 +82,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if getattr(args, "closing_line", True):
         print(f"results: {Path(args.out)}/<target>/ ({', '.join(files_written(summary))})")
     return 0
+
+
+def roi_args(values: str | list[str] | None) -> tuple[str | None, list[str] | str | None]:
+    """``--roi`` as given (repeatable): one name -> the one-ROI form (``roi``); several, or
+    ``all``, -> a multi-ROI job (``rois``). ``all`` beside names is a JobInputError."""
+    if values is None or isinstance(values, str):
+        return values, None
+    if "all" in values:
+        if len(values) > 1:
+            from .errors import JobInputError
+
+            raise JobInputError("--roi all means every ROI; give it alone, or name the ROIs")
+        return None, "all"
+    return (values[0], None) if len(values) == 1 else (None, list(values))
 
 
 def size_text(target: dict) -> str:
@@ -197,7 +214,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment the prior's structure on follow-ups (runs in-process)")
     p.add_argument("--prior", required=True, help="prior image: DICOM folder/zip/file, NIfTI, PNG/JPEG")
     p.add_argument("--prior-mask", required=True, help="prior contour: RTSTRUCT, DICOM SEG, NIfTI or PNG")
-    p.add_argument("--roi", help="RTSTRUCT ROI name/number or SEG segment (default: the only one)")
+    p.add_argument("--roi", action="append", help="RTSTRUCT ROI name/number or SEG segment (default: the only one); "
+                   "repeat for several structures in one job (one RTSTRUCT / SEG per target), or 'all' for every ROI "
+                   "with contours on the prior")
     p.add_argument("--target", action="append", required=True, help="follow-up image (repeat for several)")
     p.add_argument("--out", required=True, help="output folder: one subfolder per target")
     p.add_argument("--model", default="auto", help="model name (p2sam models) or weights file; auto: by image type")

@@ -50,11 +50,7 @@ def write_target(
     qc_thresholds: QcThresholds | None = None,
 ) -> dict[str, Any]:
     """Write every requested artifact for one target; returns the target summary (result.json)."""
-    final = out_dir / name
-    for stale in out_dir.glob(f".{name}.tmp-*"):  # left by a crashed earlier attempt
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
+    tmp = staging_folder(out_dir, name)
     files: dict[str, str] = {}
     notes: list[str] = []
     version = provenance.get("software_version", "")
@@ -89,7 +85,7 @@ def write_target(
                      "RTSTRUCT and SEG are written for DICOM series")
     qc = target_qc(result, target, qc_thresholds)
     if "preview" in outputs:
-        _preview(tmp / "preview.png", target, result, window, name)
+        write_preview(tmp / "preview.png", target, result, window, name)
         files["preview"] = "preview.png"
         prior_info = provenance.get("prior", {})
         files.update(write_review_sheet(tmp, name, target, result, qc, prior_info, window, roi_name,
@@ -99,27 +95,41 @@ def write_target(
         "found": bool(result.mask.any()),
         "qc": qc,
         "registration": result.registration,
-        "slices": [_slice_summary(s) for s in result.slices],
+        "slices": [slice_summary(s) for s in result.slices],
         "warnings": result.warnings,
         "notes": notes,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "files": files,
         **provenance,
     }
+    publish(tmp, out_dir / name, summary)
+    return summary
+
+
+def staging_folder(out_dir: Path, name: str) -> Path:
+    """A fresh hidden folder beside ``out_dir/name`` to write a target into (stale ones removed)."""
+    for stale in out_dir.glob(f".{name}.tmp-*"):  # left by a crashed earlier attempt
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, final: Path, summary: dict[str, Any]) -> None:
+    """Write result.json into the staging folder, then rename it into place (atomic)."""
     (tmp / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    return summary
 
 
-def _slice_summary(s) -> dict[str, Any]:
+def slice_summary(s) -> dict[str, Any]:
     d = s.segmentation.to_dict()
     d.update({"z": s.z, "prior_z": s.prior_z, "expected": s.expected, "sample_dice": s.sample_dice})
     return d
 
 
-def _preview(path: Path, target: Volume, result: FollowupResult, window, name: str) -> None:
+def write_preview(path: Path, target: Volume, result: FollowupResult, window, name: str) -> None:
     areas = result.mask.reshape(result.mask.shape[0], -1).sum(1)
     if areas.any():
         z = int(np.argmax(areas))

@@ -22,12 +22,14 @@ import numpy as np
 import imaging
 import p2sam
 
-from .followup import JobCancelled, segment_followup
+from .followup import JobCancelled, segment_followup, segment_structures
 from .modelpool import ModelPool, default_pool, sampler_config
 from .outputs import target_done, write_target
 from .qc import thresholds_from_card
 from .settings import Settings, get_settings
 from .spec import JobSpec, window_arg
+from .structure_outputs import StructureResult, write_structures_target
+from .structures import read_structures
 
 log = logging.getLogger("p2sam.pipeline")
 
@@ -96,14 +98,21 @@ def run_job(
 
     report("reading", 0.0, "reading the prior")
     prior = imaging.read_image(spec.prior_image)
-    detail = imaging.read_mask_detail(spec.prior_mask, prior, _roi_arg(spec.roi))
-    prior_mask = detail.mask
-    if not prior_mask.any():
-        raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
-    job_warnings = roi_warnings(spec.roi, detail.name)
-    named = spec.roi is not None and not isinstance(_roi_arg(spec.roi), int)
-    loose = named and spec.roi.strip().lower() == detail.name.strip().lower()
-    roi_name = spec.roi_name_out or ((detail.name if loose else spec.roi) if named else "GTV")
+    structures = None
+    if spec.rois is not None:  # several structures in one job: one RTSTRUCT / SEG per target
+        structures, job_warnings = read_structures(spec.prior_mask, prior, spec.rois)
+        prior_mask = np.stack([s.mask for s in structures])
+        prior_info = {"digest": _digest(prior.array, prior_mask), "rois": [s.name for s in structures]}
+    else:
+        detail = imaging.read_mask_detail(spec.prior_mask, prior, _roi_arg(spec.roi))
+        prior_mask = detail.mask
+        if not prior_mask.any():
+            raise imaging.EmptyRoiError(f"{Path(spec.prior_mask).name}: the prior contour is empty on its image")
+        job_warnings = roi_warnings(spec.roi, detail.name)
+        named = spec.roi is not None and not isinstance(_roi_arg(spec.roi), int)
+        loose = named and spec.roi.strip().lower() == detail.name.strip().lower()
+        roi_name = spec.roi_name_out or ((detail.name if loose else spec.roi) if named else "GTV")
+        prior_info = {"digest": _digest(prior.array, prior_mask), "roi": roi_name, **_size(prior, prior_mask)}
     # Everything a user can get wrong is checked before the model is loaded or any target is
     # segmented: a bad second target path must not cost the first target's segmentation time.
     window = window_arg(spec.window or settings.window)
@@ -121,7 +130,7 @@ def run_job(
         "method": spec.method,
         "engine": _config_dict(engine.config),
         "sampler": {"kind": sampler.kind, "k": sampler.k},
-        "prior": {"digest": _digest(prior.array, prior_mask), "roi": roi_name, **_size(prior, prior_mask)},
+        "prior": prior_info,
     }
 
     if on_model is not None:
@@ -141,15 +150,23 @@ def run_job(
         report("reading", start, f"target {i + 1}/{n}: reading")
         target = imaging.read_image(target_spec.path)
         report("segmenting", start + 0.05 * span, f"target {i + 1}/{n}: segmenting")
-        result = segment_followup(
-            prior, prior_mask, target, engine, pool, model_name,
-            method=spec.method, window=window,
-            margin=settings.slice_margin if spec.slice_margin is None else spec.slice_margin,
-            sampler=sampler,
-            progress=lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
-            is_cancelled=is_cancelled,
-            encode_batch_mb=settings.encode_batch_mb,
-        )
+        seg_args = {
+            "method": spec.method, "window": window,
+            "margin": settings.slice_margin if spec.slice_margin is None else spec.slice_margin,
+            "sampler": sampler,
+            "progress": lambda f, msg: report("segmenting", start + span * (0.05 + 0.85 * f), f"target {i + 1}/{n}: {msg}"),
+            "is_cancelled": is_cancelled,
+            "encode_batch_mb": settings.encode_batch_mb,
+        }
+        if structures is not None:
+            results = segment_structures(prior, [s.mask for s in structures], target, engine, pool, model_name, **seg_args)
+            items = [StructureResult(s, r, {"digest": prior_info["digest"], "roi": s.name, **_size(prior, s.mask)})
+                     for s, r in zip(structures, results)]
+            report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
+            targets.append(write_structures_target(out_dir, name, target, items, set(spec.outputs), provenance, window,
+                                                   settings.min_island_mm2, qc_thresholds, warnings=job_warnings))
+            continue
+        result = segment_followup(prior, prior_mask, target, engine, pool, model_name, **seg_args)
         result.warnings[:0] = job_warnings
         report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
         targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2, qc_thresholds))
@@ -223,6 +240,12 @@ def _config_dict(cfg) -> dict[str, Any]:
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     """What the job record keeps per target (the full detail stays in result.json)."""
     qc = summary.get("qc", {})
+    extra = {}
+    if "structures" in summary:  # a multi-ROI job: each structure's own QC
+        extra["structures"] = [{"name": s["name"], "found": s["found"], "volume_ml": s["qc"].get("volume_ml"),
+                                "area_mm2": s["qc"].get("area_mm2"), "review": s["qc"].get("review"),
+                                "flagged_slices": [f["z"] for f in s["qc"].get("flagged_slices", [])]}
+                               for s in summary["structures"]]
     return {
         "target": summary["target"],
         "found": summary.get("found"),
@@ -233,6 +256,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         "files": summary.get("files", {}),
         "warnings": summary.get("warnings", []),
         "notes": summary.get("notes", []),
+        **extra,
     }
 
 

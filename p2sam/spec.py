@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 OutputName = Literal["rtstruct", "seg", "nifti", "samples", "preview"]
 ALL_OUTPUTS: tuple[OutputName, ...] = ("rtstruct", "seg", "nifti", "samples", "preview")
@@ -58,6 +58,9 @@ class JobSpec(BaseModel):
     prior_image: str
     prior_mask: str = Field(description="RTSTRUCT, DICOM SEG, NIfTI or PNG mask of the prior")
     roi: str | None = Field(None, description="RTSTRUCT ROI name/number, SEG segment, or NIfTI label; default: the only one")
+    rois: list[str] | Literal["all"] | None = Field(
+        None, description="several structures in one job (names/numbers, or 'all': every ROI with contours on the prior); "
+                          "instead of roi")
     targets: list[TargetSpec] = Field(min_length=1, max_length=64)
     outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS))
     model: str = Field("auto", description="Model name (see `p2sam models`), or auto (by image type)")
@@ -74,6 +77,36 @@ class JobSpec(BaseModel):
         from imaging.dicom_common import check_lo
 
         return None if v is None else check_lo(v, "roi_name_out")
+
+    @field_validator("rois")
+    @classmethod
+    def _rois(cls, v: list[str] | str | None) -> list[str] | str | None:
+        return check_rois(v)
+
+    @model_validator(mode="after")
+    def _one_roi_form(self) -> JobSpec:
+        if self.rois is not None and self.roi is not None:
+            raise ValueError("give either roi (one structure) or rois (several), not both")
+        if self.rois is not None and self.roi_name_out is not None:
+            raise ValueError("roi_name_out renames the one ROI of a roi job; a rois job keeps the prior's names")
+        return self
+
+
+MAX_ROIS = 64
+
+
+def check_rois(v: list[str] | str | None) -> list[str] | str | None:
+    """``rois``: 'all', or 1-64 distinct names/numbers of 1-64 characters."""
+    if v is None or v == "all":
+        return v
+    if not 1 <= len(v) <= MAX_ROIS:
+        raise ValueError(f"rois: 1 to {MAX_ROIS} ROI names/numbers, or 'all'")
+    for name in v:
+        if not 1 <= len(name) <= 64:
+            raise ValueError("rois: each ROI name/number has 1 to 64 characters")
+    if len({n.strip().lower() for n in v}) != len(v):
+        raise ValueError("rois: an ROI is named twice")
+    return v
 
 
 def window_arg(value: str) -> str | tuple[float, float]:

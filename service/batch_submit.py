@@ -29,7 +29,7 @@ def _patient(uploads, p: PatientIn, i: int, owner: str | None) -> tuple[dict[str
                             f"{where}.prior")
     mask_upload = p.prior.mask_upload_id or p.prior.upload_id
     prior_mask, roi = _prefixed(where, uploads.resolve_mask, mask_upload, p.prior.mask_item, p.prior.roi, owner,
-                                same_as_image=mask_upload == p.prior.upload_id)
+                                same_as_image=mask_upload == p.prior.upload_id, rois=p.prior.rois)
     used = {p.prior.upload_id, mask_upload}
     visits = []
     for j, v in enumerate(p.visits):
@@ -42,7 +42,8 @@ def _patient(uploads, p: PatientIn, i: int, owner: str | None) -> tuple[dict[str
             used.add(v.truth_upload_id)
         used.add(v.upload_id)
         visits.append({"image": image, "truth": truth, "name": v.name or visit_name(v, j)})
-    entry = PatientEntry(id=p.id, prior={"image": prior_image, "mask": prior_mask, "roi": roi}, visits=visits)
+    entry = PatientEntry(id=p.id, prior={"image": prior_image, "mask": prior_mask, "roi": roi, "rois": p.prior.rois},
+                         visits=visits)
     return entry.model_dump(mode="json"), used
 
 
@@ -72,6 +73,7 @@ def build(services, who: Principal, body: BatchIn) -> tuple[dict[str, Any], list
         entry, used = _patient(services.uploads, p, i, owner_filter)
         try:  # the first visit's job, as the worker will build it: catches settings JobSpec refuses
             JobSpec(prior_image=entry["prior"]["image"], prior_mask=entry["prior"]["mask"], roi=entry["prior"]["roi"],
+                    rois=entry["prior"].get("rois"),
                     targets=[{"path": entry["visits"][0]["image"], "name": entry["visits"][0]["name"]}], **defaults)
         except ValidationError as exc:
             first = exc.errors()[0]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imaging.window import PRESETS
-from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText
+from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText, check_rois
 
 from .problems import ProblemModel
 
@@ -95,6 +95,20 @@ class PriorIn(BaseModel):
     @property
     def pulled(self) -> bool:
         return self.upload_id is None
+    rois: list[str] | Literal["all"] | None = Field(
+        None, description="several structures in one job instead of roi: ROI names/numbers, or 'all' (every ROI with "
+                          "contours on the prior); each target gets ONE RTSTRUCT and ONE multi-segment SEG with all of them")
+
+    @field_validator("rois")
+    @classmethod
+    def _rois(cls, v):
+        return check_rois(v)
+
+    @model_validator(mode="after")
+    def _one_roi_form(self) -> "PriorIn":
+        if self.rois is not None and self.roi is not None:
+            raise ValueError("give either roi (one structure) or rois (several), not both")
+        return self
 
 
 class TargetIn(BaseModel):
@@ -321,6 +335,18 @@ class ArtifactOut(BaseModel):
     url: str
 
 
+class StructureResultOut(BaseModel):
+    """One structure of a multi-ROI job on one target (its files are in the target's artifacts,
+    named <structure>_mask.nii.gz, ...; result.json has its slices and QC in full)."""
+
+    name: str
+    found: bool | None
+    volume_ml: float | None
+    area_mm2: float | None = None
+    review: bool | None
+    flagged_slices: list[int]
+
+
 class TargetResultOut(BaseModel):
     target: str
     found: bool | None
@@ -330,6 +356,7 @@ class TargetResultOut(BaseModel):
     flagged_slices: list[int]
     warnings: list[str]
     notes: list[str] = Field(default_factory=list, description="information, not problems (e.g. which files a picture gets)")
+    structures: list[StructureResultOut] | None = Field(None, description="multi-ROI jobs (prior.rois): per structure")
     artifacts: list[ArtifactOut]
 
 

@@ -140,7 +140,8 @@ def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
     else:
         prior_image = uploads.resolve_image(p.upload_id, p.series_uid, owner, "prior")
         mask_upload = p.mask_upload_id or p.upload_id
-        prior_mask, roi = uploads.resolve_mask(mask_upload, p.mask_item, p.roi, owner, same_as_image=mask_upload == p.upload_id)
+        prior_mask, roi = uploads.resolve_mask(mask_upload, p.mask_item, p.roi, owner, same_as_image=mask_upload == p.upload_id,
+                                               rois=p.rois)
     targets = []
     for i, t in enumerate(body.targets):
         if t.pulled:
@@ -154,7 +155,7 @@ def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
         raise Problem(422, "targets: names must be unique (a default name target<N> collides with a given one)", slug="validation")
     if body.model != "auto" and body.model not in services.model_files():
         raise Problem(422, f"model: unknown model '{body.model}'; GET /v1/models lists those on offer", slug="unknown-model")
-    spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi, targets=targets, outputs=body.outputs,
+    spec = JobSpec(prior_image=prior_image, prior_mask=prior_mask, roi=roi, rois=p.rois, targets=targets, outputs=body.outputs,
                    model=body.model, method=body.method, n_samples=body.n_samples, sampler=body.sampler,
                    window=body.window, slice_margin=body.slice_margin, roi_name_out=body.roi_name_out)
     upload_ids = sorted({p.upload_id, mask_upload, *(t.upload_id for t in body.targets), *(e["upload_id"] for e in pulls)} - {None})

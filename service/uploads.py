@@ -87,9 +87,10 @@ class UploadStore:
         return candidates[0]["path"]
 
     def resolve_mask(self, upload_id: str, item: str | None, roi: str | None, owner: str | None,
-                     same_as_image: bool) -> tuple[str, str | None]:
+                     same_as_image: bool, rois: list[str] | str | None = None) -> tuple[str, str | None]:
         """(data_dir-relative path, ROI) of the prior's contour: an RTSTRUCT/SEG in the upload, or a
-        NIfTI/PNG mask uploaded on its own."""
+        NIfTI/PNG mask uploaded on its own. ``rois`` (a multi-ROI job): every name must be in it
+        (one 422 lists those that are not, and what the object holds)."""
         m = self._owned(upload_id, owner)
         if item:
             found = [x for x in m["masks"] + m["images"] if x["item"] == item]
@@ -103,15 +104,30 @@ class UploadStore:
                               "NIfTI/PNG mask uploaded separately); choose one with mask_item or mask_upload_id",
                               slug="ambiguous-mask")
             chosen = candidates[0]
-        rois = chosen.get("rois")
-        if rois is not None:
-            if roi is None and len(rois) != 1:
-                raise Problem(422, f"prior.roi: the contour object holds {len(rois)} ROIs, name one: {', '.join(rois)}",
+        held = chosen.get("rois")
+        if held is not None and rois is not None:
+            _check_rois(rois, held)
+            return chosen["path"], None
+        if held is not None:
+            if roi is None and len(held) != 1:
+                raise Problem(422, f"prior.roi: the contour object holds {len(held)} ROIs, name one: {', '.join(held)}",
                               slug="roi-not-found")
-            if roi is not None and roi not in rois and not (_roi_number(roi) is not None and 1 <= _roi_number(roi) <= 100000):
-                raise Problem(422, f"prior.roi: no ROI '{roi}'; the contour object holds: {', '.join(rois) or 'none'}",
+            if roi is not None and roi not in held and not (_roi_number(roi) is not None and 1 <= _roi_number(roi) <= 100000):
+                raise Problem(422, f"prior.roi: no ROI '{roi}'; the contour object holds: {', '.join(held) or 'none'}",
                               slug="roi-not-found")
         return chosen["path"], roi
+
+
+def _check_rois(rois: list[str] | str, held: list[str]) -> None:
+    """422 naming every requested ROI the contour object does not hold (names compared ignoring
+    case, as the job does; an ASCII number is an ROI number, checked when the job reads the file)."""
+    if rois == "all":
+        return
+    known = {h.strip().lower() for h in held}
+    unknown = [r for r in rois if r.strip().lower() not in known and _roi_number(r) is None]
+    if unknown:
+        raise Problem(422, f"prior.rois: no ROI {', '.join(repr(u) for u in unknown)}; the contour object holds: "
+                      f"{', '.join(held) or 'none'}", slug="roi-not-found")
 
 
 def _roi_number(roi: str) -> int | None:

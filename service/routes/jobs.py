@@ -77,7 +77,7 @@ def get_results(request: Request, job_id: str, record: ReadResults, who: Princip
         targets.append({"target": t["target"], "found": t.get("found"), "volume_ml": t.get("volume_ml"),
                         "area_mm2": t.get("area_mm2"), "review": t.get("review"),
                         "flagged_slices": t.get("flagged_slices") or [], "warnings": t.get("warnings") or [],
-                        "notes": t.get("notes") or [], "artifacts": artifacts})
+                        "notes": t.get("notes") or [], "structures": t.get("structures"), "artifacts": artifacts})
     return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record["model"]["requested"]},
                       method=summary.get("method"), targets=targets)
 
