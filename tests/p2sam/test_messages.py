@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from imaging import Volume
-from p2sam.followup import _plan
+from p2sam.followup import _plan, _register
 
 
 def test_poor_registration_warning_has_two_decimals():
@@ -17,7 +17,8 @@ def test_poor_registration_warning_has_two_decimals():
     mask = np.zeros(prior.shape, bool)
     mask[3:5, 15:25, 15:25] = True
     warnings: list[str] = []
-    _, _, registration, mapped = _plan(prior, mask, target, 1, warnings)
+    reg = _register(prior, target, warnings)  # once per follow-up (multi-ROI: shared by every structure)
+    _, _, registration, mapped = _plan(reg, prior, mask, target, 1, warnings)
     assert registration["quality"] == "poor" and mapped.shape == target.shape
     poor = [w for w in warnings if "registration quality is poor" in w]
     assert len(poor) == 1 and re.search(r"NCC -?\d\.\d\d,", poor[0]), warnings
