@@ -187,7 +187,7 @@ def write_rtstruct(mask: np.ndarray, image: Volume, path, roi_name: str = "GTV",
 
 def write_rtstruct_rois(rois: list[RoiSpec], image: Volume, path, *, algorithm_name: str = "P2SAM",
                         algorithm_version: str = "", generation_algorithm: str = "AUTOMATIC",
-                        min_island_area_mm2: float = DEFAULT_MIN_ISLAND_AREA_MM2,
+                        min_island_area_mm2: float | None = DEFAULT_MIN_ISLAND_AREA_MM2,
                         structure_set_label: str = "P2SAM", series_description: str = "P2SAM contours",
                         series_number: int = 901, manufacturer: str = dc.MANUFACTURER,
                         uid_entropy: str | None = None) -> Path:
@@ -196,7 +196,8 @@ def write_rtstruct_rois(rois: list[RoiSpec], image: Volume, path, *, algorithm_n
     Same StudyInstanceUID and FrameOfReferenceUID as the image; every image SOP instance is
     listed in RTReferencedSeriesSequence and each contour references its slice. Contour
     points are pixel-corner outlines in LPS mm; holes are inner contours (even-odd).
-    4-connected islands smaller than ``min_island_area_mm2`` are dropped (holes are kept).
+    4-connected islands smaller than ``min_island_area_mm2`` are dropped (holes are kept; None: the
+    default, DEFAULT_MIN_ISLAND_AREA_MM2).
     ROIGenerationAlgorithm is ``generation_algorithm``; with AUTOMATIC/SEMIAUTOMATIC the
     algorithm name/version go to ROIGenerationDescription and the ROI Derivation Algorithm
     Identification Sequence."""
@@ -242,6 +243,8 @@ def write_rtstruct_rois(rois: list[RoiSpec], image: Volume, path, *, algorithm_n
     for_ref.RTReferencedStudySequence = Sequence([study_ref])
     ds.ReferencedFrameOfReferenceSequence = Sequence([for_ref])
 
+    if min_island_area_mm2 is None:  # (P2SAM_MIN_ISLAND_MM2 unset)
+        min_island_area_mm2 = DEFAULT_MIN_ISLAND_AREA_MM2
     min_px = float(min_island_area_mm2) / image.voxel_area_mm2()
     roi_items, contour_items, observations = [], [], []
     numbers = [spec.number if spec.number is not None else i for i, spec in enumerate(rois, start=1)]

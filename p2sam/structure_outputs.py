@@ -47,7 +47,7 @@ def write_structures_target(
     outputs: set[str],
     provenance: dict[str, Any],
     window: str | tuple[float, float],
-    min_island_mm2: float,
+    min_island_mm2: float | None,
     qc_thresholds: QcThresholds | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
