@@ -34,6 +34,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
+from .retrieval import size_aware_scores
+
 KINDS_WITH_LOCATION = ("box", "box_points", "mask_points")
 MASK_PROMPT_LOGIT = 8.0  # dense mask prompt: +8 inside the propagated mask, -8 outside (SAM's low-res logit scale)
 
@@ -85,17 +87,11 @@ def overlaps(low_res: torch.Tensor, location: torch.Tensor) -> list[float]:
 
 def selection_scores(distances: list[float], overlap: list[float], areas: list[float], reference_area: float,
                      ious: list[float], weights: SelectionWeights) -> list[float]:
-    """The rule's score of every candidate (lower is better); +inf for empty candidates."""
-    finite = [d for d in distances if math.isfinite(d)]
-    if not finite:
-        return [math.inf] * len(distances)
-    scale = float(np.median(finite)) or 1.0
-    eps = 1e-6
-    return [
-        d / scale - weights.overlap * o + weights.area * abs(math.log(max(a, eps) / max(reference_area, eps))) - weights.iou * q
-        if math.isfinite(d) else math.inf
-        for d, o, a, q in zip(distances, overlap, areas, ious)
-    ]
+    """The rule's score of every candidate (lower is better); +inf for empty candidates: the
+    retrieval's size-aware score (W / median W + area term) minus the overlap and IoU terms."""
+    base = size_aware_scores(distances, areas, reference_area, weights.area)
+    return [b - weights.overlap * o - weights.iou * q if math.isfinite(b) else math.inf
+            for b, o, q in zip(base, overlap, ious)]
 
 
 def eligible(kinds: list[str], distances: list[float], weights: SelectionWeights, absent_distance: float | None) -> list[bool]:
