@@ -20,6 +20,21 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def settings(model_dir, tmp_path_factory):
+    """Settings of a data folder of the module's own, the test model folder, islands kept."""
+    from p2sam.settings import Settings
+
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=model_dir, min_island_mm2=0.0)
+
+
+@pytest.fixture(scope="module")
+def pool(settings):
+    from p2sam.modelpool import ModelPool
+
+    return ModelPool(settings)
+
+
 @pytest.fixture(scope="session")
 def example_case(tmp_path_factory) -> dict:
     from imaging.phantom import write_example_case

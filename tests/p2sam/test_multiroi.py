@@ -17,19 +17,8 @@ from imaging.seg import read_seg_segment
 from p2sam.followup import segment_followup, segment_structures
 from p2sam.modelpool import ModelPool
 from p2sam.pipeline import dice, run_job
-from p2sam.settings import Settings
 from p2sam.spec import JobSpec, TargetSpec
 from p2sam.structures import label_map, read_structures
-
-
-@pytest.fixture(scope="module")
-def settings(model_dir, tmp_path_factory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=model_dir, min_island_mm2=0.0)
-
-
-@pytest.fixture(scope="module")
-def pool(settings) -> ModelPool:
-    return ModelPool(settings)
 
 
 @pytest.fixture(scope="module")

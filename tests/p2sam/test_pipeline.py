@@ -13,22 +13,11 @@ import pydicom
 import pytest
 
 import imaging
-from p2sam.modelpool import ModelPool
 from p2sam.pipeline import dice, run_job
-from p2sam.settings import Settings, settings_markdown
+from p2sam.settings import settings_markdown
 from p2sam.spec import JobSpec, TargetSpec
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def settings(model_dir, tmp_path_factory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=model_dir, min_island_mm2=0.0)
-
-
-@pytest.fixture(scope="module")
-def pool(settings) -> ModelPool:
-    return ModelPool(settings)
 
 
 def _spec(case: dict, **kw) -> JobSpec:
