@@ -162,7 +162,12 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     owner = process_owner()
     record = store.claim(job_id, owner, settings.lease_timeout_s)
     if record is None:
-        log.info("job %s: nothing to do (finished or held by a live worker)", job_id)
+        if store.get(job_id) is None:  # a message for a job this worker cannot see: a misconfigured deployment
+            log.warning("job %s is not in this worker's data directory (%s): the message is dropped. Do the API and "
+                        "the workers share P2SAM_DATA_DIR, and does another deployment use the same broker "
+                        "(P2SAM_BROKER_URL)?", job_id, store.data_dir)
+        else:
+            log.info("job %s: nothing to do (finished or held by a live worker)", job_id)
         return "skipped"
     if record["attempts"] > settings.job_max_attempts:
         store.transition(job_id, FAILED, {RUNNING}, owner=owner, reason="too many attempts", error=problem(

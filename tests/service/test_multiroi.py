@@ -4,7 +4,7 @@ onto a shifted copy of its series; the artifacts downloaded over HTTP are checke
 plastimatch and highdicom; unknown names are one 422 listing what the structure set holds.
 
 Its own API + worker (the session's stack takes 2 MB uploads; the Visible Human series is 2.1 MB),
-on the session's Redis; bundled ct_phantom model, 2 samples."""
+on its own database of the session's Redis; bundled ct_phantom model, 2 samples."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 @pytest.fixture(scope="module")
 def big_stack(tmp_path_factory, redis_server, model_dir):
-    s = Stack(tmp_path_factory.mktemp("stack_multiroi"), model_dir, redis_server.url, max_upload_mb=16, min_island_mm2=0)
+    # Its own Redis database: on the session's database the session stack's worker may take this
+    # stack's messages (for jobs it cannot see; they would stay queued here).
+    broker = redis_server.url.rsplit("/", 1)[0] + "/1"
+    s = Stack(tmp_path_factory.mktemp("stack_multiroi"), model_dir, broker, max_upload_mb=16, min_island_mm2=0)
     try:
         s.start_api()
         s.start_worker()
