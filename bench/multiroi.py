@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads((out / "multi" / "followup" / "result.json").read_text())
         t = result["timings_s"]
         print(f"multi-ROI job ({len(names)} structures) {seconds:8.2f} s  (registration {t['registration']:.2f} s, "
-              f"encoder: follow-up {t['encode_followup']:.2f} s + prior {t['encode_prior']:.2f} s, once for all)")
+              f"follow-up encoder {t['encode_followup']:.2f} s once for all; prior slices {t['encode_prior']:.2f} s = "
+              "encoder once per slice + part clustering per structure)")
         for name, decode in zip(names, t["decode_per_structure"]):
             print(f"  {name:<8} decode {decode:8.2f} s")
         if len(names) > 1:
