@@ -23,7 +23,6 @@ from tests.conftest import shared_data
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-@pytest.mark.xfail(reason="whole job on the warped real lung CT does not pass yet (issue 12); not yet debugged", strict=False)
 def test_job_on_a_warped_copy_of_the_real_lung_ct(tmp_path):
     folder = shared_data("dicom", "ibsi1-lung-ct")
     prior = imaging.read_image(folder / "ct")
@@ -49,7 +48,8 @@ def test_job_on_a_warped_copy_of_the_real_lung_ct(tmp_path):
     assert volumes.dice(carried, truth) > 0.7
     rs = tmp_path / "out" / "followup" / "rtstruct.dcm"
     predicted = imaging.read_mask(rs, target)
-    assert np.array_equal(predicted, imaging.read_mask(tmp_path / "out" / "followup" / "mask.nii.gz", target))
+    # the RTSTRUCT is polygons of the NIfTI mask (islands under P2SAM_MIN_ISLAND_MM2 dropped): not voxel-equal
+    assert volumes.dice(predicted, imaging.read_mask(tmp_path / "out" / "followup" / "mask.nii.gz", target)) >= 0.99
     expected = {s["z"] for s in result["slices"] if s["expected"]}
     truth_slices = set(np.flatnonzero(truth.any(axis=(1, 2))).tolist())
     assert len(truth_slices - expected) <= 2, (sorted(truth_slices), sorted(expected))  # registration found the slices
