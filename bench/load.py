@@ -16,15 +16,19 @@ jobs/min; the LAST line is ``lost <n> duplicated <m>`` (the goal: 0 and 0).
   or whose result folder does not hold exactly one folder per target.
 
 ``--faults`` adds, while the jobs run: kill -9 of a busy worker's *pool process* (the worker
-itself must recover), a Redis restart (SIGKILL, append-only file kept), and a client that
+itself must recover), a Redis restart (SIGKILL, append-only file kept), a client that
 retries every POST with the same Idempotency-Key ``--retry-after`` seconds later (each must
-return the same job). Every run also prints how many 5xx answers the client saw (goal 0).
+return the same job), and ``--readonly-s`` seconds of a read-only data volume (the data folder is
+a tmpfs of its own, remounted read-only at 70 % done: needs root, else said and skipped). Every run also prints how many 5xx answers the client saw (goal 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
     p.add_argument("--faults", action="store_true", help="also kill a pool process, restart Redis, retry every POST")
     p.add_argument("--retry-after", type=float, default=30.0, help="with --faults: seconds before each POST is retried")
+    p.add_argument("--readonly-s", type=float, default=10.0, help="with --faults: seconds the data volume is read-only")
     return p.parse_args(argv)
 
 
@@ -114,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
             models_dir, model = _model_dir(root, args.model)
             redis = RedisServer(root, appendonly=True)
             stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model)
+            if args.faults:
+                _FAULTS_DONE.clear()
+                if _mount_tmpfs(stack.data_dir):
+                    _FAULTS_DONE.add("tmpfs")
+                else:
+                    _FAULTS_DONE.add("readonly")
+                    print("the read-only fault needs root and mount: skipped", file=sys.stderr)
             stack.start_api()
             procs = [stack.start_worker(wait=False) for _ in range(args.workers)]
             for proc in procs:
@@ -153,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
                 bad = {k: v for k, v in retried.items() if v != 200}
                 print(f"retried {len(retried)} POSTs after {time.time() - t0:.0f} s: {len(retried) - len(bad)} gave the "
                       f"same job{f', {len(bad)} did not' if bad else ''}", file=sys.stderr)
-            if done == len(ids) and (not args.faults or retried):
+            if done == len(ids) and (not args.faults or (retried and ("readonly-over" in _FAULTS_DONE
+                                                                      or "tmpfs" not in _FAULTS_DONE))):
                 break
             time.sleep(0.5)
         duplicated_by_retry = sum(v != 200 for v in retried.values())
@@ -164,21 +177,33 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if stack is not None:
             stack.stop()
+            if "tmpfs" in _FAULTS_DONE:
+                if args.keep:
+                    shutil.copytree(stack.data_dir, root / "kept-data", dirs_exist_ok=True)
+                subprocess.run(["umount", "-l", str(stack.data_dir)], capture_output=True)
         if redis is not None:
             redis.stop()
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
 
 
 _FAULTS_DONE: set[str] = set()
+_READONLY_SINCE: list[float] = []
+
+
+def _mount_tmpfs(folder: Path) -> bool:
+    """The data folder on a tmpfs of its own, so that it can be remounted read-only (root only)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
 
 
 def _faults(args, stack, redis, data_dir: Path, ids: list[str], done: int, killed: list[str]) -> None:
-    """With --faults: kill -9 a busy pool process at 50 % done, restart Redis at 60 %."""
+    """With --faults: kill -9 a busy pool process at 50 % done, restart Redis at 60 %, the data
+    volume read-only from 70 % for --readonly-s seconds."""
     if "pool" not in _FAULTS_DONE and done >= 0.5 * len(ids):
         for job_id in ids:
             rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
@@ -199,6 +224,15 @@ def _faults(args, stack, redis, data_dir: Path, ids: list[str], done: int, kille
         _FAULTS_DONE.add("redis")
         redis.restart()
         print("restarted Redis (SIGKILL; append-only file kept)", file=sys.stderr)
+    if "readonly" not in _FAULTS_DONE and done >= 0.7 * len(ids):
+        _FAULTS_DONE.add("readonly")
+        subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
+        _READONLY_SINCE.append(time.time())
+        print(f"the data volume is read-only for {args.readonly_s:.0f} s", file=sys.stderr)
+    if _READONLY_SINCE and "readonly-over" not in _FAULTS_DONE and time.time() - _READONLY_SINCE[0] >= args.readonly_s:
+        _FAULTS_DONE.add("readonly-over")
+        subprocess.run(["mount", "-o", "remount,rw", str(data_dir)], check=True)
+        print("the data volume is writable again", file=sys.stderr)
 
 
 def _kill_busy_worker(stack, data_dir: Path, ids: list[str]) -> str:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import INTERNAL, INVALID_INPUT, classify, public_detail
+from .errors import INTERNAL, INVALID_INPUT, STORAGE_UNAVAILABLE, classify, public_detail
 from .jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, is_transient_io_error, process_owner
 from .settings import Settings
 
@@ -154,7 +154,8 @@ def _clean_partial_outputs(out_dir: Path) -> None:
 def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
     """Run the stored job ``job_id`` once; returns what happened: 'succeeded', 'failed',
-    'cancelled', or 'skipped' (absent, finished, or running on a live worker)."""
+    'cancelled', 'skipped' (absent, finished, or running on a live worker) or 'deferred' (the data
+    volume was read-only or full: the job stays running and is re-queued when its lease lapses)."""
     from .batchstore import BatchStore, is_patient_task
     from .patient_task import patient_folder, run_patient
     from .pipeline import JobCancelled, run_job
@@ -233,6 +234,10 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
             504, "Job took too long", f"the job did not finish within {settings.job_soft_time_limit_s} s", "time-limit"))
     except Exception as exc:  # what it means to the user: one table (p2sam.errors), shared with the CLI and the API
         meaning = classify(exc)
+        if meaning is STORAGE_UNAVAILABLE:  # nothing can be written now, not even a failure: the job is not failed
+            log.error("job %s: the data volume is not writable (%s); the job is re-queued once its lease lapses "
+                      "(P2SAM_LEASE_TIMEOUT_S)", job_id, getattr(exc, "strerror", None) or type(exc).__name__)
+            return "deferred"
         if meaning is INTERNAL:
             log.exception("job %s: internal error (%s)", job_id, type(exc).__name__)
             return _fail(store, job_id, owner, problem(500, INTERNAL.title, "the job failed because of an internal "

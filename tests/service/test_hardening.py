@@ -4,6 +4,7 @@ a read-only data volume, and the response headers of artifacts and API JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -76,23 +77,32 @@ def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True).returncode == 0
 
 
-@pytest.fixture()
-def tmpfs_stack(tmp_path, model_dir):
-    """An embedded-mode API whose data directory is its own tmpfs, so it can be remounted read-only."""
+@contextlib.contextmanager
+def _tmpfs_api(root: Path, model_dir: Path, broker_url: str | None = None, **settings):
+    """An API (embedded mode, or with ``broker_url`` a Celery worker too) whose data directory is its
+    own tmpfs, so it can be remounted read-only."""
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    data = tmp_path / "data"
-    data.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", str(data)):
+    data = root / "data"
+    data.mkdir(parents=True)
+    if not _mount("-t", "tmpfs", "-o", "size=256m", "tmpfs", str(data)):
         pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): the read-only volume test needs one")
-    s = Stack(tmp_path, model_dir, None, min_island_mm2=0)
+    s = Stack(root, model_dir, broker_url, min_island_mm2=0, **settings)
     try:
         s.start_api()
+        if broker_url:
+            s.start_worker()
         yield s
     finally:
         s.stop()
         _mount("-o", "remount,rw", str(data))
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+@pytest.fixture()
+def tmpfs_stack(tmp_path, model_dir):
+    with _tmpfs_api(tmp_path, model_dir) as s:
+        yield s
 
 
 def test_read_only_data_volume_is_503_and_reads_keep_working(tmpfs_stack, small_case):
@@ -132,6 +142,38 @@ def test_read_only_data_volume_is_503_and_reads_keep_working(tmpfs_stack, small_
     log = s.api.log()
     assert "Traceback" not in log, log[-3000:]
     assert "audit log not writable" in log
+
+
+def test_a_job_running_when_the_volume_turns_read_only_is_run_again_not_failed(tmp_path, model_dir, redis_server):
+    """The volume goes read-only mid-job on a Celery worker: nothing can be written, not even a
+    failure, so the job is left running (one log line, no traceback); once writable again its lease
+    lapses (5 s here) and it is re-queued and finishes."""
+    from imaging.phantom import write_example_case
+    from service.auth import KeyStore
+
+    case = write_example_case(tmp_path / "case", seed=5, shape=(24, 96, 96))  # long enough to catch it running
+    broker = redis_server.url.rsplit("/", 1)[0] + "/2"  # its own database: the session stack's worker stays out
+    with _tmpfs_api(tmp_path / "stack", model_dir, broker, lease_timeout_s=5) as s:
+        key = KeyStore(s.data_dir).create("planning", ["submit", "read"])
+        with client(s.url, key) as c:
+            prior = upload_zip(c, case["prior"], case["prior_rtstruct"])
+            followup = upload_files(c, case["followup1"])
+            job = submit(c, job_body(prior, [followup], n_samples=8))
+            running = wait(c, job["id"], states=("running", "succeeded", "failed"))
+            while running["state"] == "running" and running["progress"] < 0.1:
+                running = c.get(f"/v1/jobs/{job['id']}").json()
+                time.sleep(0.05)
+            assert running["state"] == "running", f"the job ended before the volume could be made read-only: {running}"
+            assert _mount("-o", "remount,ro", str(s.data_dir))
+            try:
+                time.sleep(3)
+                assert c.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"  # not failed
+            finally:
+                assert _mount("-o", "remount,rw", str(s.data_dir))
+            done = wait(c, job["id"], timeout=300)
+            assert done["state"] == "succeeded" and done["attempts"] == 2, done
+        log = s.workers[0].log()
+    assert "the data volume is not writable" in log and "Traceback" not in log, log[-3000:]
 
 
 # --- weak spots
