@@ -155,13 +155,22 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
     """Run the stored job ``job_id`` once; returns what happened: 'succeeded', 'failed',
     'cancelled', 'skipped' (absent, finished, or running on a live worker) or 'deferred' (the data
-    volume was read-only or full: the job stays running and is re-queued when its lease lapses)."""
+    volume was read-only or full: a job not yet claimed stays queued, and the caller must try again
+    (the Celery task retries itself); a running one stays running and is re-queued when its lease
+    lapses)."""
     from .batchstore import BatchStore, is_patient_task
     from .patient_task import patient_folder, run_patient
     from .pipeline import JobCancelled, run_job
 
     owner = process_owner()
-    record = store.claim(job_id, owner, settings.lease_timeout_s)
+    try:
+        record = store.claim(job_id, owner, settings.lease_timeout_s)
+    except OSError as exc:  # the claim cannot be written: the job stays queued; the caller tries again later
+        if classify(exc) is not STORAGE_UNAVAILABLE:
+            raise
+        log.error("job %s: not started, the data volume is not writable (%s); it is tried again", job_id,
+                  exc.strerror or type(exc).__name__)
+        return "deferred"
     if record is None:
         if store.get(job_id) is None:  # a message for a job this worker cannot see: a misconfigured deployment
             log.warning("job %s is not in this worker's data directory (%s): the message is dropped. Do the API and "

@@ -78,9 +78,17 @@ def _recover(**_: object) -> None:
     threading.Thread(target=run, name="p2sam-recover", daemon=True).start()
 
 
-@app.task(name=TASK_NAME, ignore_result=True)
-def run_job_task(job_id: str) -> str:
-    """Run job ``job_id`` (idempotent: a finished or live-held job is a no-op)."""
+DEFERRED_RETRY_S = 10  # a job deferred because the data volume is read-only or full: its message comes back this late
+
+
+@app.task(name=TASK_NAME, ignore_result=True, bind=True, max_retries=None)
+def run_job_task(self, job_id: str) -> str:
+    """Run job ``job_id`` (idempotent: a finished or live-held job is a no-op). A job deferred for a
+    read-only or full data volume is sent again (the message is acknowledged; the job record could
+    not say it is waiting, so without this no sweep would publish it again)."""
     from p2sam.modelpool import default_pool
 
-    return execute_job(job_id, store(), get_settings(), pool=default_pool(), timeout_exceptions=(SoftTimeLimitExceeded,))
+    outcome = execute_job(job_id, store(), get_settings(), pool=default_pool(), timeout_exceptions=(SoftTimeLimitExceeded,))
+    if outcome == "deferred":
+        raise self.retry(countdown=DEFERRED_RETRY_S)
+    return outcome

@@ -147,7 +147,8 @@ def test_read_only_data_volume_is_503_and_reads_keep_working(tmpfs_stack, small_
 def test_a_job_running_when_the_volume_turns_read_only_is_run_again_not_failed(tmp_path, model_dir, redis_server):
     """The volume goes read-only mid-job on a Celery worker: nothing can be written, not even a
     failure, so the job is left running (one log line, no traceback); once writable again its lease
-    lapses (5 s here) and it is re-queued and finishes."""
+    lapses (5 s here) and it is re-queued and finishes. The job queued behind it cannot be claimed
+    while read-only: it must not be lost (its record still says its message was published)."""
     from imaging.phantom import write_example_case
     from service.auth import KeyStore
 
@@ -159,6 +160,7 @@ def test_a_job_running_when_the_volume_turns_read_only_is_run_again_not_failed(t
             prior = upload_zip(c, case["prior"], case["prior_rtstruct"])
             followup = upload_files(c, case["followup1"])
             job = submit(c, job_body(prior, [followup], n_samples=8))
+            behind = submit(c, job_body(prior, [followup], n_samples=0))  # its message arrives while read-only
             running = wait(c, job["id"], states=("running", "succeeded", "failed"))
             while running["state"] == "running" and running["progress"] < 0.1:
                 running = c.get(f"/v1/jobs/{job['id']}").json()
@@ -172,8 +174,12 @@ def test_a_job_running_when_the_volume_turns_read_only_is_run_again_not_failed(t
                 assert _mount("-o", "remount,rw", str(s.data_dir))
             done = wait(c, job["id"], timeout=300)
             assert done["state"] == "succeeded" and done["attempts"] == 2, done
+            # the queued job could not even be claimed: its message came back (a Celery retry), it ran once
+            second = wait(c, behind["id"], timeout=300)
+            assert second["state"] == "succeeded" and second["attempts"] == 1, second
         log = s.workers[0].log()
     assert "the data volume is not writable" in log and "Traceback" not in log, log[-3000:]
+    assert "not started, the data volume is not writable" in log, log[-3000:]
 
 
 # --- weak spots
