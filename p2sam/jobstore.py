@@ -252,18 +252,22 @@ class JobStore:
         return owner_is_dead(lease.get("owner")) or time.time() - lease.get("heartbeat_at", 0) > lease_timeout_s
 
     def claim(self, job_id: str, owner: str, lease_timeout_s: float) -> Record | None:
-        """queued -> running for ``owner`` (or take over a running job whose lease expired).
+        """queued -> running for ``owner`` (or take over a running job whose lease expired, or
+        whose lease ``owner`` itself holds: a process runs one job at a time, so such a lease was
+        left behind, by a job deferred while the data volume was read-only).
         Returns the record when claimed; None for a job that is absent, finished, or held by a
         live worker (a redelivered message for it is then a no-op)."""
         claimed: dict[str, bool] = {"ok": False}
 
         def change(r: Record) -> bool:
             state = r["state"]
-            if state == QUEUED or (state == RUNNING and self.lease_expired(r, lease_timeout_s)):
+            left_behind = state == RUNNING and (r.get("lease") or {}).get("owner") == owner
+            if state == QUEUED or (state == RUNNING and (left_behind or self.lease_expired(r, lease_timeout_s))):
                 now = time.time()
                 if state == RUNNING:
+                    why = "left behind by this process" if left_behind else "expired"
                     r["transitions"].append({"from": RUNNING, "to": QUEUED, "at": now, "by": owner,
-                                             "reason": f"lease of {(r.get('lease') or {}).get('owner')} expired"})
+                                             "reason": f"lease of {(r.get('lease') or {}).get('owner')} {why}"})
                 r["transitions"].append({"from": QUEUED, "to": RUNNING, "at": now, "by": owner, "reason": "claimed"})
                 r.update(state=RUNNING, stage="starting", message="starting", attempts=r.get("attempts", 0) + 1,
                          lease={"owner": owner, "heartbeat_at": now, "since": now})

@@ -44,6 +44,18 @@ def _claim(data_dir: str, job_id: str, q, done) -> None:
     done.wait(60)  # stay alive: a claimant that exited holds a dead lease, which may rightly be taken over
 
 
+def test_a_lease_its_own_process_left_behind_is_taken_over(tmp_path):
+    """A job deferred mid-run (read-only volume) keeps its live lease; the same process, asked to run
+    it again, takes it over at once; another live process still may not."""
+    store = JobStore(tmp_path)
+    job = _job(store)
+    store.claim(job["id"], "host-a:1:x", 600)
+    assert store.claim(job["id"], "host-b:2:y", 600) is None
+    again = store.claim(job["id"], "host-a:1:x", 600)
+    assert again is not None and again["attempts"] == 2 and again["lease"]["owner"] == "host-a:1:x"
+    assert "left behind by this process" in again["transitions"][-2]["reason"]
+
+
 def test_concurrent_claims_have_one_winner(tmp_path):
     store = JobStore(tmp_path)
     job = _job(store)
