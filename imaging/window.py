@@ -18,6 +18,11 @@ PRESETS: dict[str, tuple[float, float]] = {
     "bone": (-450.0, 1050.0),         # W 1500 / L 300
 }
 
+_HU = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,2})?"
+# What parse_window accepts, as a regular expression for a schema (the API's OpenAPI): a preset name
+# or 'lo,hi' in HU. hi > lo is not expressible here: parse_window still checks it.
+WINDOW_PATTERN = rf"^\s*(?:{'|'.join(PRESETS)})\s*$|^\s*{_HU}\s*,\s*{_HU}\s*$"
+
 
 def window_bounds(preset: "str | tuple[float, float]") -> tuple[float, float]:
     """``(lo, hi)`` HU of a preset name or a custom pair."""

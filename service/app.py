@@ -57,12 +57,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     problems.document_problems(app)
+    _deployment_in_openapi(app, services)
     app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20),
                        body_timeout=settings.request_body_timeout_s)
     app.add_middleware(SecurityHeaders)  # outermost: the size limit's own 413s get the headers too
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _deployment_in_openapi(app: FastAPI, services: Services) -> None:
+    from .openapi_deployment import describe_deployment
+
+    general = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = general()
+        describe_deployment(spec, services)
+        return spec
+
+    app.openapi = openapi
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from p2sam.spec import OutputName
 
 from .problems import ProblemModel
-from .schemas import _NAME, Id, JobSettingsIn, PriorIn, ts
+from .schemas import _NAME, Id, JobSettingsIn, PriorIn, _given, ts
 
 
 class VisitIn(BaseModel):
@@ -29,8 +29,8 @@ class VisitIn(BaseModel):
 class PatientIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=_NAME, description="a pseudonymous patient id of the manifest (folder name in the results)")
-    prior: PriorIn
-    visits: list[VisitIn] = Field(min_length=1, max_length=500)
+    prior: PriorIn = Field(json_schema_extra={"allOf": _given("upload_id")})  # _uploaded, as the schema says it
+    visits: list[VisitIn] = Field(min_length=1, max_length=500, description="in visit order; names unique")
 
     @field_validator("prior")
     @classmethod
@@ -56,7 +56,7 @@ class BatchDefaultsIn(JobSettingsIn):
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    patients: list[PatientIn] = Field(min_length=1, max_length=1000)
+    patients: list[PatientIn] = Field(min_length=1, max_length=1000, description="patient ids unique")
     chain: bool = Field(False, description="each visit's result becomes the prior of the next visit (else the "
                                            "patient's prior is used for every visit)")
     defaults: BatchDefaultsIn = Field(default_factory=BatchDefaultsIn)

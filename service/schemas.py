@@ -8,14 +8,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imaging.window import PRESETS
-from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText, check_rois
+from imaging.window import PRESETS, WINDOW_PATTERN
+from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText, check_rois, MAX_ROIS
 
 from .problems import ProblemModel
 
 Id = Field(pattern=r"^[0-9a-f]{32}$", description="an id this service issued (32 hex digits)")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _UID = r"^[0-9]+(\.[0-9]+)*$"
+_LO_CHAR = r"[^\\\x00-\x1f\x7f-\x9f]"  # imaging.dicom_common.check_lo as a schema pattern: no backslash or control
+_LO = rf"^{_LO_CHAR}*[^\s\\\x00-\x1f\x7f-\x9f]{_LO_CHAR}*$"  # character, not only spaces
 
 
 def ts(value: float | None) -> datetime | None:
@@ -72,13 +74,29 @@ def _strip(items: list[dict]) -> list[dict]:
 
 
 # --- jobs
+def _given(*keys: str) -> list[dict]:
+    """JSON-schema fragments 'this field is present and not null' (the models' validators check
+    ``is not None``), for the schema to say which fields go together."""
+    return [{"required": [k], "properties": {k: {"type": ["string", "array"]}}} for k in keys]
+
+
+_UPLOAD_OR_PACS = {  # PriorIn's _one_source and _one_roi_form, as the OpenAPI schema says them
+    "anyOf": [
+        {"allOf": _given("upload_id"), "not": {"anyOf": _given("peer", "study_uid", "mask_series_uid")}},
+        {"anyOf": _given("study_uid", "series_uid"), "not": {"anyOf": _given("upload_id", "mask_upload_id", "mask_item")},
+         "properties": {"series_uid": {"pattern": _UID}}},
+    ],
+    "not": {"allOf": _given("roi", "rois")},
+}
+
+
 class PriorIn(BaseModel):
     """The prior: an image and its contour, either uploaded (``upload_id``: e.g. a zip of the series
     and its RTSTRUCT, or a separate upload of an RTSTRUCT / SEG / NIfTI / PNG mask) or on a PACS
     (``peer`` + ``study_uid`` and/or ``series_uid``: the series and the study's RTSTRUCT / SEG are
     pulled before the job runs; deploy/README-dicom.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_UPLOAD_OR_PACS)
     upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="an upload holding the prior's image (or give peer + UIDs)")
     series_uid: str | None = Field(None, max_length=64, description="which DICOM series, when the upload (or the PACS study) holds several")
     mask_upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="upload holding the contour (default: upload_id)")
@@ -96,7 +114,10 @@ class PriorIn(BaseModel):
     def pulled(self) -> bool:
         return self.upload_id is None
     rois: list[str] | Literal["all"] | None = Field(
-        None, description="several structures in one job instead of roi: ROI names/numbers, or 'all' (every ROI with "
+        None, json_schema_extra={"anyOf": [  # check_rois, as the schema says it (names are also distinct ignoring case)
+            {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 64}, "minItems": 1,  # + ignoring case
+             "maxItems": MAX_ROIS, "uniqueItems": True}, {"const": "all"}, {"type": "null"}]},
+        description="several structures in one job instead of roi: ROI names/numbers, or 'all' (every ROI with "
                           "contours on the prior); each target gets ONE RTSTRUCT and ONE multi-segment SEG with all of them")
 
     @field_validator("rois")
@@ -115,7 +136,10 @@ class TargetIn(BaseModel):
     """A follow-up image to segment the prior's structure on: uploaded (``upload_id``) or on a PACS
     (``peer`` + ``series_uid``, ``study_uid`` optional)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [  # _one_source, as the schema says it
+        {"allOf": _given("upload_id"), "not": {"anyOf": _given("peer", "study_uid")}},
+        {"allOf": _given("series_uid"), "not": {"anyOf": _given("upload_id")},
+         "properties": {"series_uid": {"pattern": _UID}}}]})
     upload_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="an upload holding the image (or give peer + series_uid)")
     series_uid: str | None = Field(None, max_length=64)
     name: str | None = Field(None, pattern=_NAME, description="result folder name (default target1, target2, ...)")
@@ -131,6 +155,9 @@ class TargetIn(BaseModel):
     @property
     def pulled(self) -> bool:
         return self.upload_id is None
+
+
+_PEER_NAMES = {"items": {"type": "string", "pattern": _NAME}}  # _peer_names, as the schema says it
 
 
 def _peer_names(v: list[str] | None) -> list[str] | None:
@@ -168,9 +195,10 @@ class JobSettingsIn(BaseModel):
     model: str = Field("auto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="see GET /v1/models; auto: by image type")
     method: Method = "p2sam"
     sampler: Sampler = DEFAULT_SAMPLER
-    window: WindowText = Field(None, max_length=32, description=f"CT window preset ({', '.join(PRESETS)}) or 'lo,hi' HU")
+    window: WindowText = Field(None, max_length=32, description=f"CT window preset ({', '.join(PRESETS)}) or 'lo,hi' HU",
+                               json_schema_extra={"pattern": WINDOW_PATTERN})  # validated by imaging.parse_window
     slice_margin: int | None = Field(None, ge=0, le=10)
-    roi_name_out: str | None = Field(None, min_length=1, max_length=64,
+    roi_name_out: str | None = Field(None, min_length=1, max_length=64, json_schema_extra={"pattern": _LO},
                                      description="ROI name in the output RTSTRUCT/SEG: a DICOM LO value (at most 64 "
                                                  "characters, no backslash, no control characters); non-ASCII is "
                                                  "written as UTF-8 (SpecificCharacterSet ISO_IR 192)")
@@ -185,9 +213,10 @@ class JobSettingsIn(BaseModel):
 
 class JobIn(JobSettingsIn):
     prior: PriorIn
-    targets: list[TargetIn] = Field(min_length=1, max_length=64)
+    targets: list[TargetIn] = Field(min_length=1, max_length=64, description="the follow-ups; names unique "
+                                   "(a default name target<N> counts)")
     queue: Literal["interactive", "batch"] = "interactive"
-    destinations: list[str] | None = Field(None, max_length=16, description="DICOM peers (names in P2SAM_DICOM_PEERS) the "
+    destinations: list[str] | None = Field(None, max_length=16, json_schema_extra=_PEER_NAMES, description="DICOM peers (names in P2SAM_DICOM_PEERS) the "
                                            "RTSTRUCT and SEGs are sent to once the job succeeds; absent: P2SAM_DICOM_DESTINATIONS; "
                                            "[]: none")
 
@@ -260,7 +289,7 @@ class DeliveriesIn(BaseModel):
     failed deliveries (``again``: delivered ones too)."""
 
     model_config = ConfigDict(extra="forbid")
-    destinations: list[str] | None = Field(None, min_length=1, max_length=16, description="peer names (P2SAM_DICOM_PEERS); "
+    destinations: list[str] | None = Field(None, min_length=1, max_length=16, json_schema_extra=_PEER_NAMES, description="peer names (P2SAM_DICOM_PEERS); "
                                            "absent: every destination the job has")
     again: bool = Field(False, description="also re-send what was delivered already (same SOP Instance UIDs: a PACS keeps one copy)")
 
