@@ -5,6 +5,7 @@
     python -m bench.load --api http://host:8000 --key KEY --data-dir /shared/p2sam --jobs 20
     python -m bench.load --jobs 50 --workers 2 --faults   # + pool-process kill -9, Redis restart,
                                                            #   every POST retried after 30 s
+    python -m bench.load --jobs 50 --workers 4 --store postgres   # job records in PostgreSQL
 
 Submits ``--jobs`` small jobs (the synthetic example case, tiny), waits for all of them and
 prints submitted, completed, lost, duplicated, p50/p95 latency (submission -> finished) and
@@ -25,7 +26,6 @@ a tmpfs of its own, remounted read-only at 70 % done: needs root, else said and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--faults", action="store_true", help="also kill a pool process, restart Redis, retry every POST")
     p.add_argument("--retry-after", type=float, default=30.0, help="with --faults: seconds before each POST is retried")
     p.add_argument("--readonly-s", type=float, default=10.0, help="with --faults: seconds the data volume is read-only")
+    p.add_argument("--store", choices=["files", "postgres"], default="files",
+                   help="job store of the stack: JSON files on the data volume, or PostgreSQL (P2SAM_DATABASE_URL)")
+    p.add_argument("--database-url", default=None,
+                   help="with --store postgres: the server (default $P2SAM_TEST_DATABASE_URL, else "
+                        "postgresql://postgres@127.0.0.1:5432/test); a fresh schema of its own is used and dropped")
     return p.parse_args(argv)
 
 
@@ -111,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     stack = redis = None
     killed = []
     try:
+        database = _Database(args.database_url) if args.store == "postgres" and not args.api else None
+    except Exception as exc:  # psycopg missing or the server not answering: one line, not a traceback
+        print(f"bench.load: --store postgres needs a PostgreSQL server ({type(exc).__name__}: "
+              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})", file=sys.stderr)
+        return 2
+    store = None
+    try:
         if args.api:
             url, key = args.api.rstrip("/"), args.key
             data_dir = Path(args.data_dir) if args.data_dir else None
@@ -118,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             models_dir, model = _model_dir(root, args.model)
             redis = RedisServer(root, appendonly=True)
-            stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model)
+            extra = {"database_url": database.url} if database else {}
+            stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model, **extra)
             if args.faults:
                 _FAULTS_DONE.clear()
                 if _mount_tmpfs(stack.data_dir):
@@ -132,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
                 stack.wait_worker(proc, timeout=180)
             key = stack.p2sam("apikey", "create", "--name", "bench-load", "--scope", "submit", "--scope", "read").strip()
             url, data_dir = stack.url, stack.data_dir
+        if data_dir is not None:
+            store = _store(data_dir, database)
         server_errors = []
         c = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60, event_hooks={"response": [
             lambda r: server_errors.append(r.request.url.path) if r.status_code >= 500 else None]})
@@ -155,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
                     states[job_id] = c.get(f"/v1/jobs/{job_id}").json()["state"]
             done = sum(s in ("succeeded", "failed", "cancelled") for s in states.values())
             if stack is not None and not args.no_kill and not killed and done >= args.kill_after * len(ids):
-                killed.append(_kill_busy_worker(stack, data_dir, ids))
+                killed.append(_kill_busy_worker(stack, store, ids))
             if args.faults and stack is not None:
-                _faults(args, stack, redis, data_dir, ids, done, killed)
+                _faults(args, stack, redis, store, ids, done, killed)
             if args.faults and not retried and time.time() - t0 >= args.retry_after:
                 for i, job_id in enumerate(ids):
                     r = c.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"bench-{t0:.0f}-{i}"})
@@ -173,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"5xx {len(server_errors)}" + (f" ({', '.join(sorted(set(server_errors)))})" if server_errors else ""))
         if args.faults:
             print(f"retries answered with another job or an error {duplicated_by_retry}")
-        return report(ids, states, data_dir, len(body["targets"]), t0, killed, extra_duplicated=duplicated_by_retry)
+        print(f"job store: {args.store}", file=sys.stderr)
+        return report(ids, states, store, len(body["targets"]), t0, killed, extra_duplicated=duplicated_by_retry)
     finally:
         if stack is not None:
             stack.stop()
@@ -183,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
                 subprocess.run(["umount", "-l", str(stack.data_dir)], capture_output=True)
         if redis is not None:
             redis.stop()
+        if database is not None:
+            database.drop()
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
@@ -201,14 +219,13 @@ def _mount_tmpfs(folder: Path) -> bool:
                           capture_output=True).returncode == 0
 
 
-def _faults(args, stack, redis, data_dir: Path, ids: list[str], done: int, killed: list[str]) -> None:
+def _faults(args, stack, redis, store, ids: list[str], done: int, killed: list[str]) -> None:
     """With --faults: kill -9 a busy pool process at 50 % done, restart Redis at 60 %, the data
     volume read-only from 70 % for --readonly-s seconds."""
     if "pool" not in _FAULTS_DONE and done >= 0.5 * len(ids):
         for job_id in ids:
-            rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+            rec = store.get(job_id)
             if rec["state"] == "running" and rec.get("lease"):
-                import os
                 import signal
 
                 pid = int(rec["lease"]["owner"].split(":")[1])
@@ -226,20 +243,20 @@ def _faults(args, stack, redis, data_dir: Path, ids: list[str], done: int, kille
         print("restarted Redis (SIGKILL; append-only file kept)", file=sys.stderr)
     if "readonly" not in _FAULTS_DONE and done >= 0.7 * len(ids):
         _FAULTS_DONE.add("readonly")
-        subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(store.data_dir)], check=True)
         _READONLY_SINCE.append(time.time())
         print(f"the data volume is read-only for {args.readonly_s:.0f} s", file=sys.stderr)
     if _READONLY_SINCE and "readonly-over" not in _FAULTS_DONE and time.time() - _READONLY_SINCE[0] >= args.readonly_s:
         _FAULTS_DONE.add("readonly-over")
-        subprocess.run(["mount", "-o", "remount,rw", str(data_dir)], check=True)
+        subprocess.run(["mount", "-o", "remount,rw", str(store.data_dir)], check=True)
         print("the data volume is writable again", file=sys.stderr)
 
 
-def _kill_busy_worker(stack, data_dir: Path, ids: list[str]) -> str:
+def _kill_busy_worker(stack, store, ids: list[str]) -> str:
     """kill -9 a worker that is running a job (if any is), then start a replacement."""
     running = {}
     for job_id in ids:
-        rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+        rec = store.get(job_id)
         if rec["state"] == "running" and rec.get("lease"):
             running[int(rec["lease"]["owner"].split(":")[1])] = job_id
     parents = {_ppid(pid) for pid in running}
@@ -260,14 +277,15 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
-def report(ids: list[str], states: dict[str, str], data_dir: Path | None, n_targets: int, t0: float,
+def report(ids: list[str], states: dict[str, str], store, n_targets: int, t0: float,
            killed: list[str], extra_duplicated: int = 0) -> int:
     completed = [i for i in ids if states.get(i) == "succeeded"]
     lost = len(ids) - len(completed)
     latencies, finish_times, duplicated, attempts = [], [], 0, 0
-    if data_dir is not None:
+    data_dir = store.data_dir if store is not None else None
+    if store is not None:
         for job_id in ids:
-            rec = json.loads((data_dir / "jobs" / f"{job_id}.json").read_text())
+            rec = store.get(job_id)
             attempts += rec["attempts"]
             out = data_dir / "results" / job_id
             folders = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -291,6 +309,35 @@ def report(ids: list[str], states: dict[str, str], data_dir: Path | None, n_targ
         print(f"{k:<{width}}  {v}")
     print(f"lost {lost} duplicated {duplicated if data_dir is not None else 'n/a'}")
     return 0 if lost == 0 and not duplicated else 1
+
+
+class _Database:
+    """A fresh schema on a PostgreSQL server for one run (its search_path), dropped afterwards."""
+
+    def __init__(self, url: str | None) -> None:
+        import uuid
+
+        import psycopg
+
+        base = url or os.environ.get("P2SAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        self.schema = f"p2sam_load_{uuid.uuid4().hex[:10]}"
+        self.conn = psycopg.connect(base, autocommit=True, connect_timeout=5)
+        self.conn.execute(f"CREATE SCHEMA {self.schema}")
+        self.url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.schema}"
+
+    def drop(self) -> None:
+        self.conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+        self.conn.close()
+
+
+def _store(data_dir: Path, database: "_Database | None"):
+    from p2sam.jobstore import JobStore
+
+    if database is None:
+        return JobStore(data_dir)
+    from p2sam.pgstore import PgJobStore
+
+    return PgJobStore(data_dir, database.url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pydicom
 
-from p2sam.jobstore import SUCCEEDED, JobStore, process_owner
+from p2sam.jobstore import SUCCEEDED, JobStore, open_store, process_owner
 
 from .outbox import DELIVERED, FAILED, REFUSED, SENT_KINDS, Outbox, public
 from .peers import Peer, PeerError, check_destinations, default_destinations, peers_of
@@ -35,7 +35,7 @@ log = logging.getLogger("p2sam.dicomnet")
 class Gateway:
     def __init__(self, settings, store: JobStore | None = None) -> None:
         self.settings = settings
-        self.store = store or JobStore(settings.data_dir)
+        self.store = store or open_store(settings)
         self.outbox = Outbox(self.store.data_dir)
         self.peers: dict[str, Peer] = peers_of(settings)
         self.owner = process_owner()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2sam.jobstore import JobStore, write_json_atomic
+from p2sam.jobstore import JobStore, open_store, write_json_atomic
 
 from .peers import PeerError, allowed_calling_aes, peers_of
 from .send import tls_context
@@ -41,7 +41,7 @@ def series_key(calling_ae: str, series_uid: str) -> str:
 class Listener:
     def __init__(self, settings, store: JobStore | None = None) -> None:
         self.settings = settings
-        self.store = store or JobStore(settings.data_dir)
+        self.store = store or open_store(settings)
         self.inbox = self.store.data_dir / "dicom-inbox"
         self.index = self.store.data_dir / "dicom-received"
         self.inbox.mkdir(exist_ok=True)

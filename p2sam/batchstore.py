@@ -43,7 +43,7 @@ class BatchStore:
 
     def __init__(self, jobs: JobStore) -> None:
         self.jobs = jobs
-        self.records = JobStore(jobs.data_dir, "batches")
+        self.records = jobs.sibling("batches")
 
     # --- reading
     def get(self, batch_id: str) -> Record | None:

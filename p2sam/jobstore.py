@@ -137,6 +137,19 @@ class JobStore:
         (self.data_dir / "results").mkdir(exist_ok=True)
         (self.data_dir / "uploads").mkdir(exist_ok=True)
 
+    def now(self) -> float:
+        """The clock of leases and transitions (seconds since the epoch): this host's here; the
+        database's in :class:`p2sam.pgstore.PgJobStore`, so that hosts need no synchronised clocks."""
+        return time.time()
+
+    def sibling(self, records: str) -> "JobStore":
+        """The same kind of store for another kind of record (``batches``)."""
+        return JobStore(self.data_dir, records)
+
+    def reachable(self) -> bool:
+        """True when the records can be read and written (the file store: the volume, checked apart)."""
+        return True
+
     # --- paths
     def record_path(self, job_id: str) -> Path:
         if not valid_id(job_id):
@@ -182,7 +195,16 @@ class JobStore:
     # --- writing
     def create(self, record: Record) -> Record:
         """Store a new record (state queued). Fills in the bookkeeping fields."""
-        now = time.time()
+        base = self._new_record(record)
+        path = self.record_path(base["id"])
+        with self.locked(base["id"]):
+            if path.exists():
+                raise FileExistsError(base["id"])
+            write_json_atomic(path, base)
+        return base
+
+    def _new_record(self, record: Record) -> Record:
+        now = self.now()
         base: Record = {
             "state": QUEUED, "stage": "queued", "progress": 0.0, "message": "waiting for a worker",
             "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
@@ -194,23 +216,20 @@ class JobStore:
             "published": {"count": 0, "epoch": None, "at": None},
         }
         base.update(record)
-        path = self.record_path(base["id"])
-        with self.locked(base["id"]):
-            if path.exists():
-                raise FileExistsError(base["id"])
-            write_json_atomic(path, base)
         return base
 
-    def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True) -> Record | None:
+    def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True,
+               skip_locked: bool = False) -> Record | None:
         """Read-modify-write under the job's lock. ``change`` edits the record in place and
-        returns False to leave it unchanged. Returns the record as stored, None if absent."""
+        returns False to leave it unchanged. Returns the record as stored, None if absent.
+        (``skip_locked``: honoured by the PostgreSQL store; here the lock is always waited for.)"""
         with self.locked(job_id):
             record = self.get(job_id)
             if record is None:
                 return None
             if change(record) is False:
                 return record
-            record["updated_at"] = time.time()
+            record["updated_at"] = self.now()
             write_json_atomic(self.record_path(job_id), record, durable=durable)
             return record
 
@@ -226,7 +245,7 @@ class JobStore:
                     r["refused_transitions"] = r.get("refused_transitions", 0) + 1
                     return True
                 return False
-            now = time.time()
+            now = self.now()
             r["transitions"].append({"from": r["state"], "to": to, "at": now, "by": by or process_owner(), "reason": reason})
             r["state"] = to
             if to in TERMINAL:
@@ -249,7 +268,7 @@ class JobStore:
             return False
         if not lease:
             return True
-        return owner_is_dead(lease.get("owner")) or time.time() - lease.get("heartbeat_at", 0) > lease_timeout_s
+        return owner_is_dead(lease.get("owner")) or self.now() - lease.get("heartbeat_at", 0) > lease_timeout_s
 
     def claim(self, job_id: str, owner: str, lease_timeout_s: float) -> Record | None:
         """queued -> running for ``owner`` (or take over a running job whose lease expired, or
@@ -263,7 +282,7 @@ class JobStore:
             state = r["state"]
             left_behind = state == RUNNING and (r.get("lease") or {}).get("owner") == owner
             if state == QUEUED or (state == RUNNING and (left_behind or self.lease_expired(r, lease_timeout_s))):
-                now = time.time()
+                now = self.now()
                 if state == RUNNING:
                     why = "left behind by this process" if left_behind else "expired"
                     r["transitions"].append({"from": RUNNING, "to": QUEUED, "at": now, "by": owner,
@@ -286,7 +305,7 @@ class JobStore:
         def change(r: Record) -> bool:
             if r["state"] != RUNNING or (r.get("lease") or {}).get("owner") != owner:
                 return False
-            r["lease"]["heartbeat_at"] = time.time()
+            r["lease"]["heartbeat_at"] = self.now()
             r.update(fields)
             held["ok"] = True
             return True
@@ -306,14 +325,14 @@ class JobStore:
             def change(rec: Record, old=old, flag=flag) -> bool:
                 if rec["state"] != RUNNING or (rec.get("lease") or {}).get("owner") != old or not self.lease_expired(rec, lease_timeout_s):
                     return False
-                rec["transitions"].append({"from": RUNNING, "to": QUEUED, "at": time.time(), "by": by or process_owner(),
+                rec["transitions"].append({"from": RUNNING, "to": QUEUED, "at": self.now(), "by": by or process_owner(),
                                            "reason": f"lease of {old} expired"})
                 rec.update(state=QUEUED, stage="queued", message="re-queued: its worker stopped", lease=None)
                 rec["published"] = {**rec["published"], "epoch": None, "at": None}
                 flag["ok"] = True
                 return True
 
-            self.update(r["id"], change)
+            self.update(r["id"], change, skip_locked=True)  # a row being written is alive: next sweep
             if flag["ok"]:
                 requeued.append(r["id"])
         return requeued
@@ -335,10 +354,20 @@ class JobStore:
                 shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
 
         def change(r: Record) -> None:
-            r.update(purged_at=time.time(), purge_reason=reason, purge_requested=False, summary=None, results=None,
+            r.update(purged_at=self.now(), purge_reason=reason, purge_requested=False, summary=None, results=None,
                      uploads_kept=kept)
 
         return self.update(job_id, change)
+
+
+def open_store(settings, records: str = "jobs") -> JobStore:
+    """The job store the settings name: PostgreSQL with P2SAM_DATABASE_URL, else the JSON files
+    under P2SAM_DATA_DIR (artifacts and uploads stay on the data volume either way)."""
+    if getattr(settings, "database_url", None):
+        from .pgstore import PgJobStore
+
+        return PgJobStore(settings.data_dir, settings.database_url, records)
+    return JobStore(settings.data_dir, records)
 
 
 def is_transient_io_error(exc: BaseException) -> bool:

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     # --- execution
     broker_url: str | None = Field(None, description="Celery broker (e.g. redis://redis:6379/0). Absent: embedded mode, jobs run in-process.")
+    database_url: str | None = Field(None, description="PostgreSQL for job and batch records (postgresql://user:password@host/db; row locks, leases on the database clock: several hosts need no NFS locks or synchronised clocks). Absent: JSON files under P2SAM_DATA_DIR. Uploads and results stay on the data volume either way.")
     device: str = Field("auto", description="torch device for the model: auto (cuda if available), cpu, cuda, cuda:1, ...")
     threads: int = Field(0, description="CPU threads for torch (0: torch's default).")
     default_model_ct: str = Field("ct_phantom", description="Model for grey-level (CT) inputs when a job says model=auto.")

@@ -14,7 +14,7 @@ from typing import Any
 
 from p2sam import liveness
 from p2sam.batchstore import BatchStore
-from p2sam.jobstore import JobStore, new_id
+from p2sam.jobstore import new_id, open_store
 from p2sam.settings import Settings, apply_process_limits
 
 from .audit import AuditLog
@@ -30,7 +30,7 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         apply_process_limits(settings)
-        self.store = JobStore(settings.data_dir)
+        self.store = open_store(settings)
         self.batches = BatchStore(self.store)
         self.uploads = UploadStore(self.store, max_bytes=settings.max_upload_mb * (1 << 20))
         self.keys = KeyStore(self.store.data_dir)
@@ -91,7 +91,7 @@ class Services:
         now = time.monotonic()
         if self._ready is not None and now - self._ready[0] < READY_CACHE_S:
             return self._ready[1], self._ready[2]
-        checks: dict[str, Any] = {"job_store": self._store_writable()}
+        checks: dict[str, Any] = {"job_store": self._store_writable() and self.store.reachable()}
         if self.dispatcher is not None:
             checks["broker"] = self.dispatcher.epoch() is not None
             answering: list[str] = []

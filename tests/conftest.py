@@ -35,3 +35,52 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+PG_URL = os.environ.get("P2SAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture()
+def pg_url():
+    """A PostgreSQL URL whose search_path is a fresh schema of its own (dropped afterwards): the
+    PostgreSQL job store's tests. Skips, saying why, where no server answers (.ci/run starts one)."""
+    import uuid
+
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install -e .)")
+    try:
+        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL does not answer at {PG_URL} ({str(exc).strip().splitlines()[0]}); "
+                    "set P2SAM_TEST_DATABASE_URL or start it")
+    schema = f"p2sam_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+class Backend:
+    """Makes job stores of one backend (``make()``; ``make(path)`` for another data folder)."""
+
+    def __init__(self, path, url: str | None) -> None:
+        self.path, self.url = path, url
+
+    def __call__(self, path=None):
+        from p2sam.jobstore import JobStore
+
+        if self.url is None:
+            return JobStore(path or self.path)
+        from p2sam.pgstore import PgJobStore
+
+        return PgJobStore(path or self.path, self.url)
+
+
+@pytest.fixture(params=["files", "postgres"])
+def make(request, tmp_path) -> Backend:
+    """Each test using it runs twice: on the JSON-file store and on PostgreSQL."""
+    return Backend(tmp_path, request.getfixturevalue("pg_url") if request.param == "postgres" else None)

@@ -13,7 +13,7 @@ import threading
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 
-from p2sam.jobstore import JobStore
+from p2sam.jobstore import JobStore, open_store
 from p2sam.logs import configure
 from p2sam.runner import execute_job
 from p2sam.settings import apply_process_limits, get_settings
@@ -27,7 +27,7 @@ _store: JobStore | None = None
 def store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore(get_settings().data_dir)
+        _store = open_store(get_settings())
     return _store
 
 

@@ -7,7 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from p2sam.batchstore import PATIENT_TASK, BatchStore, write_visits
-from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, new_id, process_owner
+from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, new_id, process_owner
 
 
 def _batch(store: BatchStore, n_patients: int = 2, visits=("v1", "v2")) -> dict:
@@ -30,8 +30,8 @@ def _finish_task(store: BatchStore, batch: dict, i: int, dice: float | None = 0.
     store.jobs.transition(task_id, SUCCEEDED, {RUNNING}, owner=owner)
 
 
-def test_the_batch_follows_its_tasks_and_reports_once(tmp_path):
-    store = BatchStore(JobStore(tmp_path))
+def test_the_batch_follows_its_tasks_and_reports_once(tmp_path, make):
+    store = BatchStore(make())
     batch = _batch(store)
     assert store.settle(batch["id"])["state"] == QUEUED
     assert store.progress(batch) | {"patients": None} == {"patients": None, "done": 0, "total": 4, "errors": 0, "progress": 0.0}
@@ -48,8 +48,8 @@ def test_the_batch_follows_its_tasks_and_reports_once(tmp_path):
     assert [(r["patient"], r["visit"]) for r in report["visits"]] == [("p0", "v1"), ("p0", "v2"), ("p1", "v1"), ("p1", "v2")]
 
 
-def test_a_failed_patient_fails_the_batch_with_its_reason(tmp_path):
-    store = BatchStore(JobStore(tmp_path))
+def test_a_failed_patient_fails_the_batch_with_its_reason(tmp_path, make):
+    store = BatchStore(make())
     batch = _batch(store)
     _finish_task(store, batch, 0)
     failed = batch["patients"][1]["task"]
@@ -60,8 +60,8 @@ def test_a_failed_patient_fails_the_batch_with_its_reason(tmp_path):
     assert [r["error"] for r in rows if r["patient"] == "p1"] == ["patient not finished: no weights"] * 2
 
 
-def test_cancelling_stops_queued_patients_and_purges(tmp_path):
-    store = BatchStore(JobStore(tmp_path))
+def test_cancelling_stops_queued_patients_and_purges(tmp_path, make):
+    store = BatchStore(make())
     batch = _batch(store)
     _finish_task(store, batch, 0)
     running = batch["patients"][1]["task"]

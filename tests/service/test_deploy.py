@@ -38,13 +38,16 @@ def test_compose_has_the_expected_shape():
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"api", "worker", "redis"} <= set(services)
+    assert {"api", "worker", "redis", "postgres"} <= set(services)
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["count"] == 1 and "gpu" in devices[0]["capabilities"]
     for name in ("api", "worker"):
         assert "p2sam-data:/data" in services[name]["volumes"]
         assert services[name]["environment"]["P2SAM_BROKER_URL"].startswith("redis://redis:")
+    for name in ("api", "worker", "dicom-listener"):  # the compose default: job records in PostgreSQL
+        assert services[name]["environment"]["P2SAM_DATABASE_URL"].startswith("postgresql://p2sam:")
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck():

@@ -1,4 +1,5 @@
-"""The job store's guarantees, without servers: atomic records, guarded transitions, leases."""
+"""The job store's guarantees: atomic records, guarded transitions, leases; on both backends, the
+JSON files under the data directory and PostgreSQL (a real server: .ci/run starts it)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import time
 import pytest
 
 from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, new_id, process_owner
+from tests.conftest import Backend
 
 
 def _job(store: JobStore, **kw) -> dict:
     return store.create({"id": new_id(), "uploads": [], **kw})
 
 
-def test_a_terminal_state_is_never_left(tmp_path):
-    store = JobStore(tmp_path)
+def test_a_terminal_state_is_never_left(tmp_path, make):
+    store = make()
     job = _job(store)
     owner = process_owner()
     assert store.claim(job["id"], owner, 60)["state"] == RUNNING
@@ -30,8 +32,8 @@ def test_a_terminal_state_is_never_left(tmp_path):
     assert rec["state"] == SUCCEEDED and rec["terminal_transitions"] == 1 and rec["refused_transitions"] == 3
 
 
-def test_only_the_lease_holder_finishes(tmp_path):
-    store = JobStore(tmp_path)
+def test_only_the_lease_holder_finishes(tmp_path, make):
+    store = make()
     job = _job(store)
     store.claim(job["id"], "host-a:1", 60)
     assert store.transition(job["id"], SUCCEEDED, {RUNNING}, owner="host-b:2") is None
@@ -39,15 +41,15 @@ def test_only_the_lease_holder_finishes(tmp_path):
     assert store.get(job["id"])["state"] == RUNNING
 
 
-def _claim(data_dir: str, job_id: str, q, done) -> None:
-    q.put(JobStore(data_dir).claim(job_id, process_owner(), 60) is not None)
+def _claim(data_dir: str, url: str | None, job_id: str, q, done) -> None:
+    q.put(Backend(data_dir, url)().claim(job_id, process_owner(), 60) is not None)
     done.wait(60)  # stay alive: a claimant that exited holds a dead lease, which may rightly be taken over
 
 
-def test_a_lease_its_own_process_left_behind_is_taken_over(tmp_path):
+def test_a_lease_its_own_process_left_behind_is_taken_over(tmp_path, make):
     """A job deferred mid-run (read-only volume) keeps its live lease; the same process, asked to run
     it again, takes it over at once; another live process still may not."""
-    store = JobStore(tmp_path)
+    store = make()
     job = _job(store)
     store.claim(job["id"], "host-a:1:x", 600)
     assert store.claim(job["id"], "host-b:2:y", 600) is None
@@ -56,12 +58,12 @@ def test_a_lease_its_own_process_left_behind_is_taken_over(tmp_path):
     assert "left behind by this process" in again["transitions"][-2]["reason"]
 
 
-def test_concurrent_claims_have_one_winner(tmp_path):
-    store = JobStore(tmp_path)
+def test_concurrent_claims_have_one_winner(tmp_path, make):
+    store = make()
     job = _job(store)
     ctx = mp.get_context("spawn")
     q, done = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_claim, args=(str(tmp_path), job["id"], q, done)) for _ in range(4)]
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), make.url, job["id"], q, done)) for _ in range(4)]
     for p in procs:
         p.start()
     results = sorted(q.get(timeout=60) for _ in procs)
@@ -72,8 +74,8 @@ def test_concurrent_claims_have_one_winner(tmp_path):
     assert store.get(job["id"])["attempts"] == 1
 
 
-def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path):
-    store = JobStore(tmp_path)
+def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path, make):
+    store = make()
     job = _job(store)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -84,8 +86,8 @@ def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path):
     assert rec["attempts"] == 2 and [t["to"] for t in rec["transitions"]] == [QUEUED, RUNNING, QUEUED, RUNNING]
 
 
-def test_heartbeats_keep_a_lease_and_silence_loses_it(tmp_path):
-    store = JobStore(tmp_path)
+def test_heartbeats_keep_a_lease_and_silence_loses_it(tmp_path, make):
+    store = make()
     job = _job(store)
     store.claim(job["id"], "far-host:7", lease_timeout_s=60)
     assert store.heartbeat(job["id"], "far-host:7", progress=0.5)
@@ -95,8 +97,8 @@ def test_heartbeats_keep_a_lease_and_silence_loses_it(tmp_path):
     assert not store.heartbeat(job["id"], "far-host:7")
 
 
-def test_purge_keeps_uploads_another_job_uses(tmp_path):
-    store = JobStore(tmp_path)
+def test_purge_keeps_uploads_another_job_uses(tmp_path, make):
+    store = make()
     shared, own = new_id(), new_id()
     for u in (shared, own):
         store.upload_dir(u).mkdir(parents=True)
@@ -110,8 +112,8 @@ def test_purge_keeps_uploads_another_job_uses(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "x" * 32, "", "0" * 31])
-def test_ids_never_become_paths(tmp_path, bad):
-    store = JobStore(tmp_path)
+def test_ids_never_become_paths(tmp_path, make, bad):
+    store = make()
     assert store.get(bad) is None
     with pytest.raises(KeyError):
         store.results_dir(bad)

@@ -1,0 +1,173 @@
+"""Job and batch records in PostgreSQL (P2SAM_DATABASE_URL): the store for several hosts.
+
+The same records, transitions and leases as :class:`p2sam.jobstore.JobStore` (whose methods all
+build on ``get`` / ``all`` / ``create`` / ``update``, overridden here), without its two
+cross-host assumptions: a read-modify-write holds the row's lock (``SELECT ... FOR UPDATE``)
+instead of an fcntl lock over NFS, and leases and transitions are timed by the database's clock
+(``clock_timestamp()``) instead of each host's. The lease sweep skips rows another transaction
+holds (``FOR UPDATE SKIP LOCKED``: a job whose heartbeat is being written is alive). Uploads,
+results and artifacts stay on the shared data volume.
+
+One table, created when missing::
+
+    p2sam_records(kind text, id text, state text, created_at double precision, record jsonb,
+                  PRIMARY KEY (kind, id))
+
+``kind`` is ``jobs`` or ``batches``. One connection per process and thread (the API's thread
+pool, forked Celery pool processes), opened on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .jobstore import JobStore, Record, valid_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS p2sam_records (
+    kind text NOT NULL,
+    id text NOT NULL,
+    state text,
+    created_at double precision NOT NULL,
+    record jsonb NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS p2sam_records_state ON p2sam_records (kind, state);
+"""
+_NOW = "extract(epoch from clock_timestamp())::double precision"
+
+
+class StoreUnavailable(ConnectionError):
+    """The database cannot be reached (a ConnectionError: retried as transient where work is retried)."""
+
+
+class PgJobStore(JobStore):
+    def __init__(self, data_dir: str | Path, url: str, records: str = "jobs") -> None:
+        super().__init__(data_dir, records)  # the folders of uploads, results and artifacts
+        self.url, self.kind = url, records
+        self._local = threading.local()
+        with self._connection() as conn:
+            conn.execute(SCHEMA)
+
+    def sibling(self, records: str) -> "PgJobStore":
+        return PgJobStore(self.data_dir, self.url, records)
+
+    # --- connections
+    def _connection(self):
+        """This thread's connection (a new one in a forked child or after a failure)."""
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"job store database unreachable ({type(exc).__name__})") from None
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return _Checked(conn, self._local)
+
+    def reachable(self) -> bool:
+        try:
+            with self._connection() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def now(self) -> float:
+        clock = getattr(self._local, "clock", None)  # inside update(): the transaction's reading
+        if clock is not None:
+            return clock
+        with self._connection() as conn:
+            return conn.execute(f"SELECT {_NOW}").fetchone()[0]
+
+    # --- reading
+    def get(self, job_id: str) -> Record | None:
+        if not valid_id(job_id):
+            return None
+        with self._connection() as conn:
+            row = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s AND id = %s",
+                               (self.kind, job_id)).fetchone()
+        return row[0] if row else None
+
+    def all(self) -> Iterator[Record]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s ORDER BY created_at",
+                                (self.kind,)).fetchall()
+        yield from (r[0] for r in rows)
+
+    def by_state(self, *states: str) -> list[Record]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s AND state = ANY(%s) ORDER BY created_at",
+                                (self.kind, list(states))).fetchall()
+        return [r[0] for r in rows]
+
+    # --- writing
+    def create(self, record: Record) -> Record:
+        from psycopg.errors import UniqueViolation
+
+        if not valid_id(record.get("id", "")):
+            raise KeyError(record.get("id"))
+        base = self._new_record(record)
+        try:
+            with self._connection() as conn:
+                conn.execute("INSERT INTO p2sam_records (kind, id, state, created_at, record) VALUES (%s, %s, %s, %s, %s)",
+                             (self.kind, base["id"], base.get("state"), base["created_at"], _jsonb(base)))
+        except UniqueViolation:
+            raise FileExistsError(base["id"]) from None
+        return base
+
+    def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True,
+               skip_locked: bool = False) -> Record | None:
+        """Read-modify-write in one transaction holding the row's lock (``skip_locked``: a row
+        another transaction holds is left alone: returns None)."""
+        if not valid_id(job_id):
+            return None
+        lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(f"SELECT record, {_NOW} FROM p2sam_records WHERE kind = %s AND id = %s {lock}",
+                               (self.kind, job_id)).fetchone()
+            if row is None:
+                return None
+            record, self._local.clock = row
+            try:
+                if change(record) is False:
+                    return record
+                record["updated_at"] = self._local.clock
+            finally:
+                self._local.clock = None
+            conn.execute("UPDATE p2sam_records SET record = %s, state = %s WHERE kind = %s AND id = %s",
+                         (_jsonb(record), record.get("state"), self.kind, job_id))
+            return record
+
+
+class _Checked:
+    """A connection for one with-block: a broken connection is dropped (the next use opens a
+    new one) and its error is a StoreUnavailable."""
+
+    def __init__(self, conn, local) -> None:
+        self.conn, self.local = conn, local
+
+    def __enter__(self):
+        return self.conn
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            self.local.conn = None
+            raise StoreUnavailable(f"job store database unreachable ({type(exc).__name__})") from exc
+        return False
+
+
+def _jsonb(record: Record) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(record, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+
+
+__all__ = ["PgJobStore", "StoreUnavailable", "SCHEMA"]
