@@ -9,6 +9,7 @@ finished or held by a live worker is left alone, a job whose worker vanished is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -243,9 +244,14 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
             504, "Job took too long", f"the job did not finish within {settings.job_soft_time_limit_s} s", "time-limit"))
     except Exception as exc:  # what it means to the user: one table (p2sam.errors), shared with the CLI and the API
         meaning = classify(exc)
-        if meaning is STORAGE_UNAVAILABLE:  # nothing can be written now, not even a failure: the job is not failed
-            log.error("job %s: the data volume is not writable (%s); the job is re-queued once its lease lapses "
-                      "(P2SAM_LEASE_TIMEOUT_S)", job_id, getattr(exc, "strerror", None) or type(exc).__name__)
+        if meaning is STORAGE_UNAVAILABLE:  # the volume cannot be written: the job is not failed, and not counted
+            log.error("job %s: the data volume is not writable (%s); the job is tried again", job_id,
+                      getattr(exc, "strerror", None) or type(exc).__name__)
+            with contextlib.suppress(Exception):  # a record on the volume cannot say so (it stays running: the
+                # lease decides); one in PostgreSQL goes back to queued, this attempt not counted
+                store.transition(job_id, QUEUED, {RUNNING}, owner=owner, reason="the data volume is not writable",
+                                 attempts=record["attempts"] - 1, lease=None, stage="queued",
+                                 message="waiting: the data volume is not writable")
             return "deferred"
         if meaning is INTERNAL:
             log.exception("job %s: internal error (%s)", job_id, type(exc).__name__)
