@@ -89,21 +89,34 @@ class Idempotency:
         check_key(key)
         entry_path = self.path(who, key if kind == "job" else f"{kind}\0{key}")
         field = f"{kind}_id"
+        replayed = self._replay(entry_path, digest, kind, find)  # a replay is a read: it needs no lock (entries
+        if replayed is not None:                                # are replaced atomically), so it works on a
+            return replayed, True                               # read-only volume too
         with self.locked():
-            if entry_path.exists():
-                entry = json.loads(entry_path.read_text())
-                if entry["body_hash"] != digest:
-                    what = "request body" if kind == "job" else kind
-                    raise Problem(409, f"this Idempotency-Key was already used with a different {what} ({kind} "
-                                  f"{entry[field]}); use a new key for a new {kind}", slug="idempotency-conflict",
-                                  **{field: entry[field]})
-                record = find(entry[field])
-                if record is not None:
-                    return record, True
+            replayed = self._replay(entry_path, digest, kind, find)
+            if replayed is not None:
+                return replayed, True
             new_id_, draft = build()
             write_json_atomic(entry_path, {field: new_id_, "body_hash": digest, "key_id": who.key_id,
                                            "created_at": time.time()})  # the retention sweep reads it
             return create(draft, entry_path.stem), False
+
+
+    @staticmethod
+    def _replay(entry_path: Path, digest: str, kind: str, find: Callable[[str], Any]) -> Any:
+        """The record the key's entry names (None when there is no entry, or its record does not
+        exist yet); a 409 when the entry was made with a different body."""
+        try:
+            entry = json.loads(entry_path.read_text())
+        except FileNotFoundError:
+            return None
+        field = f"{kind}_id"
+        if entry["body_hash"] != digest:
+            what = "request body" if kind == "job" else kind
+            raise Problem(409, f"this Idempotency-Key was already used with a different {what} ({kind} "
+                          f"{entry[field]}); use a new key for a new {kind}", slug="idempotency-conflict",
+                          **{field: entry[field]})
+        return find(entry[field])
 
 
 # 1-255 visible ASCII characters, spaces inside (the OpenAPI says the same: routes use it as the

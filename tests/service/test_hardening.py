@@ -113,11 +113,16 @@ def test_read_only_data_volume_is_503_and_reads_keep_working(tmpfs_stack, small_
     with client(s.url, key) as c:
         prior = upload_zip(c, small_case["prior"], small_case["prior_rtstruct"])
         followup = upload_files(c, small_case["followup1"])
-        job = submit(c, job_body(prior, [followup], n_samples=0))
+        job = submit(c, job_body(prior, [followup], n_samples=0), key="before-read-only")
         assert wait(c, job["id"])["state"] == "succeeded"
         assert _mount("-o", "remount,ro", str(s.data_dir))
         try:
             assert httpx.get(f"{s.url}/healthz").status_code == 200
+            # a client retrying its POST with the same Idempotency-Key gets its job back: a replay is a read
+            again = c.post("/v1/jobs", json=job_body(prior, [followup], n_samples=0),
+                           headers={"Idempotency-Key": "before-read-only"})
+            assert again.status_code == 200 and again.json()["id"] == job["id"], again.text
+            assert again.headers["idempotent-replayed"] == "true"
             ready = _problem(httpx.get(f"{s.url}/readyz"), 503)
             assert ready["checks"]["job_store"] is False
             # reads need no write: they work (their audit entries go to the server log instead)
