@@ -52,8 +52,8 @@ OUT_OF_GPU_MEMORY = ErrorClass(507, "out-of-memory", "Out of GPU memory", False,
                                "the GPU ran out of memory; try fewer samples or a smaller model")
 STORAGE_UNAVAILABLE = ErrorClass(
     503, "storage-unavailable", "Storage unavailable", True,
-    "the data volume is read-only or full; nothing was changed. Retry later; an administrator must check "
-    "P2SAM_DATA_DIR's disk")
+    "the data volume is read-only or full, or the job store's database does not answer; nothing was changed. "
+    "Retry later; an administrator must check P2SAM_DATA_DIR's disk (and P2SAM_DATABASE_URL)")
 NOT_ON_PACS = ErrorClass(404, "not-on-pacs", "Not found on the PACS", True)
 PACS_UNAVAILABLE = ErrorClass(503, "pacs-unavailable", "PACS unavailable", True)  # retried before it is shown
 PACS_REFUSED = ErrorClass(502, "pacs-refused", "The PACS refused the request", True)
@@ -77,6 +77,7 @@ TABLE: list[tuple[str, str, ErrorClass]] = [
     ("models.checkpoints", "CheckpointError", MODEL_UNAVAILABLE),  # a weights file that cannot be loaded
     ("torch", "OutOfMemoryError", OUT_OF_GPU_MEMORY),           # torch.cuda.OutOfMemoryError (a RuntimeError)
     ("builtins", "MemoryError", OUT_OF_MEMORY),
+    ("p2sam.pgstore", "StoreUnavailable", STORAGE_UNAVAILABLE),  # the job store's database does not answer
 ]
 
 

@@ -169,8 +169,8 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     except OSError as exc:  # the claim cannot be written: the job stays queued; the caller tries again later
         if classify(exc) is not STORAGE_UNAVAILABLE:
             raise
-        log.error("job %s: not started, the data volume is not writable (%s); it is tried again", job_id,
-                  exc.strerror or type(exc).__name__)
+        log.error("job %s: not started, the data volume is not writable or the job store's database does not "
+                  "answer (%s); it is tried again", job_id, exc.strerror or exc)
         return "deferred"
     if record is None:
         if store.get(job_id) is None:  # a message for a job this worker cannot see: a misconfigured deployment

@@ -117,3 +117,21 @@ def test_ids_never_become_paths(tmp_path, make, bad):
     assert store.get(bad) is None
     with pytest.raises(KeyError):
         store.results_dir(bad)
+
+
+def test_a_database_that_does_not_answer_is_storage_unavailable_and_defers_the_job(tmp_path, pg_url):
+    """The PostgreSQL store down: a 503-class error (never a 500), and a worker given a job then
+    defers it (its message is retried) instead of dropping it."""
+    from p2sam.errors import STORAGE_UNAVAILABLE, classify
+    from p2sam.pgstore import PgJobStore, StoreUnavailable
+    from p2sam.runner import execute_job
+    from p2sam.settings import Settings
+
+    with pytest.raises(StoreUnavailable) as down:
+        PgJobStore(tmp_path, "postgresql://postgres@127.0.0.1:1/test")
+    assert classify(down.value) is STORAGE_UNAVAILABLE
+    store = PgJobStore(tmp_path, pg_url)
+    job = _job(store)
+    store.url, store._local.conn = "postgresql://postgres@127.0.0.1:1/test", None  # the server goes away
+    assert execute_job(job["id"], store, Settings(data_dir=tmp_path)) == "deferred"
+    assert PgJobStore(tmp_path, pg_url).get(job["id"])["state"] == QUEUED  # untouched: it runs when retried
