@@ -133,13 +133,14 @@ class PgJobStore(JobStore):
                                (self.kind, job_id)).fetchone()
             if row is None:
                 return None
-            record, self._local.clock = row
+            record, clock = row
+            outer, self._local.clock = getattr(self._local, "clock", None), clock
             try:
                 if change(record) is False:
                     return record
-                record["updated_at"] = self._local.clock
+                record["updated_at"] = clock
             finally:
-                self._local.clock = None
+                self._local.clock = outer
             conn.execute("UPDATE p2sam_records SET record = %s, state = %s WHERE kind = %s AND id = %s",
                          (_jsonb(record), record.get("state"), self.kind, job_id))
             return record
