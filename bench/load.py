@@ -4,7 +4,8 @@
     python -m bench.load --jobs 50 --workers 2 --no-kill
     python -m bench.load --api http://host:8000 --key KEY --data-dir /shared/p2sam --jobs 20
     python -m bench.load --jobs 50 --workers 2 --faults   # + pool-process kill -9, Redis restart,
-                                                           #   every POST retried after 30 s
+                                                           #   every POST retried after 30 s,
+                                                           #   10 s of a read-only data volume
     python -m bench.load --jobs 50 --workers 4 --store postgres   # job records in PostgreSQL
 
 Submits ``--jobs`` small jobs (the synthetic example case, tiny), waits for all of them and
@@ -20,7 +21,8 @@ jobs/min; the LAST line is ``lost <n> duplicated <m>`` (the goal: 0 and 0).
 itself must recover), a Redis restart (SIGKILL, append-only file kept), a client that
 retries every POST with the same Idempotency-Key ``--retry-after`` seconds later (each must
 return the same job), and ``--readonly-s`` seconds of a read-only data volume (the data folder is
-a tmpfs of its own, remounted read-only at 70 % done: needs root, else said and skipped). Every run also prints how many 5xx answers the client saw (goal 0).
+a tmpfs of its own, remounted read-only at 70 % done: needs root, else said and skipped).
+Every run also prints how many 5xx answers the client saw (goal 0).
 """
 
 from __future__ import annotations
