@@ -366,7 +366,7 @@ def open_store(settings, records: str = "jobs") -> JobStore:
     if getattr(settings, "database_url", None):
         from .pgstore import PgJobStore
 
-        return PgJobStore(settings.data_dir, settings.database_url, records)
+        return PgJobStore(settings.data_dir, settings.database_url, records, settings.database_pool_size)
     return JobStore(settings.data_dir, records)
 
 

@@ -13,12 +13,15 @@ One table, created when missing::
     p2sam_records(kind text, id text, state text, created_at double precision, record jsonb,
                   PRIMARY KEY (kind, id))
 
-``kind`` is ``jobs`` or ``batches``. One connection per process and thread (the API's thread
-pool, forked Celery pool processes), opened on first use.
+``kind`` is ``jobs`` or ``batches``. Connections come from one pool per process and database
+(psycopg_pool; at most P2SAM_DATABASE_POOL_SIZE, so the API's thread pool cannot exhaust the
+server's max_connections; a forked Celery pool process opens its own); a with-block nested in a
+read-modify-write of the same thread reuses that transaction's connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -45,30 +48,61 @@ class StoreUnavailable(ConnectionError):
     """The database cannot be reached (a ConnectionError: retried as transient where work is retried)."""
 
 
+_POOLS: dict[tuple[int, str], Any] = {}
+_POOLS_LOCK = threading.Lock()
+WAIT_S = 5.0  # how long a request waits for a connection (the server down: then StoreUnavailable)
+
+
+def _pool(url: str, size: int):
+    """This process's connection pool for ``url`` (a forked child makes its own)."""
+    from psycopg_pool import ConnectionPool
+
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = ConnectionPool(url, min_size=1, max_size=max(1, size), open=True, timeout=WAIT_S, name="p2sam",
+                                  kwargs={"autocommit": True, "connect_timeout": 5})
+            _POOLS[key] = pool
+    return pool
+
+
+def close_pools(url: str | None = None) -> None:
+    """Close this process's pools (of ``url`` only, if given): a pool of a server gone for good
+    would otherwise keep trying to connect in the background."""
+    with _POOLS_LOCK:
+        for key in [k for k in _POOLS if k[0] == os.getpid() and url in (None, k[1])]:
+            _POOLS.pop(key).close()
+
+
 class PgJobStore(JobStore):
-    def __init__(self, data_dir: str | Path, url: str, records: str = "jobs") -> None:
+    def __init__(self, data_dir: str | Path, url: str, records: str = "jobs", pool_size: int = 8) -> None:
         super().__init__(data_dir, records)  # the folders of uploads, results and artifacts
-        self.url, self.kind = url, records
+        self.url, self.kind, self.pool_size = url, records, pool_size
         self._local = threading.local()
         with self._connection() as conn:
             conn.execute(SCHEMA)
 
     def sibling(self, records: str) -> "PgJobStore":
-        return PgJobStore(self.data_dir, self.url, records)
+        return PgJobStore(self.data_dir, self.url, records, self.pool_size)
 
     # --- connections
+    @contextlib.contextmanager
     def _connection(self):
-        """This thread's connection (a new one in a forked child or after a failure)."""
+        """A connection for one with-block: this thread's open transaction's, else one from the
+        pool; the server unreachable is a StoreUnavailable."""
         import psycopg
+        from psycopg_pool import PoolTimeout
 
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
-            try:
-                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"job store database unreachable ({type(exc).__name__})") from None
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return _Checked(conn, self._local)
+        current = getattr(self._local, "tx", None)
+        if current is not None:
+            yield current
+            return
+        try:
+            with _pool(self.url, self.pool_size).connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"job store database unreachable ({type(exc).__name__})") from None
 
     def reachable(self) -> bool:
         try:
@@ -134,35 +168,17 @@ class PgJobStore(JobStore):
             if row is None:
                 return None
             record, clock = row
-            outer, self._local.clock = getattr(self._local, "clock", None), clock
+            outer = getattr(self._local, "clock", None), getattr(self._local, "tx", None)
+            self._local.clock, self._local.tx = clock, conn  # change() may read or write in this transaction
             try:
                 if change(record) is False:
                     return record
                 record["updated_at"] = clock
             finally:
-                self._local.clock = outer
+                self._local.clock, self._local.tx = outer
             conn.execute("UPDATE p2sam_records SET record = %s, state = %s WHERE kind = %s AND id = %s",
                          (_jsonb(record), record.get("state"), self.kind, job_id))
             return record
-
-
-class _Checked:
-    """A connection for one with-block: a broken connection is dropped (the next use opens a
-    new one) and its error is a StoreUnavailable."""
-
-    def __init__(self, conn, local) -> None:
-        self.conn, self.local = conn, local
-
-    def __enter__(self):
-        return self.conn
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        import psycopg
-
-        if isinstance(exc, psycopg.OperationalError):
-            self.local.conn = None
-            raise StoreUnavailable(f"job store database unreachable ({type(exc).__name__})") from exc
-        return False
 
 
 def _jsonb(record: Record) -> Any:
@@ -171,4 +187,4 @@ def _jsonb(record: Record) -> Any:
     return Jsonb(record, dumps=lambda v: json.dumps(v, separators=(",", ":")))
 
 
-__all__ = ["PgJobStore", "StoreUnavailable", "SCHEMA"]
+__all__ = ["PgJobStore", "StoreUnavailable", "SCHEMA", "close_pools"]

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # --- execution
     broker_url: str | None = Field(None, description="Celery broker (e.g. redis://redis:6379/0). Absent: embedded mode, jobs run in-process.")
     database_url: str | None = Field(None, description="PostgreSQL for job and batch records (postgresql://user:password@host/db; row locks, leases on the database clock: several hosts need no NFS locks or synchronised clocks). Absent: JSON files under P2SAM_DATA_DIR. Uploads and results stay on the data volume either way.")
+    database_pool_size: int = Field(8, ge=1, le=100, description="Connections to P2SAM_DATABASE_URL per process (API, each worker pool process); keep processes x this under the server's max_connections.")
     device: str = Field("auto", description="torch device for the model: auto (cuda if available), cpu, cuda, cuda:1, ...")
     threads: int = Field(0, description="CPU threads for torch (0: torch's default).")
     default_model_ct: str = Field("ct_phantom", description="Model for grey-level (CT) inputs when a job says model=auto.")

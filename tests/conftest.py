@@ -60,6 +60,9 @@ def pg_url():
     try:
         yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     finally:
+        from p2sam.pgstore import close_pools
+
+        close_pools()  # (their connections would hold the schema's tables)
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
 

@@ -123,15 +123,58 @@ def test_a_database_that_does_not_answer_is_storage_unavailable_and_defers_the_j
     """The PostgreSQL store down: a 503-class error (never a 500), and a worker given a job then
     defers it (its message is retried) instead of dropping it."""
     from p2sam.errors import STORAGE_UNAVAILABLE, classify
-    from p2sam.pgstore import PgJobStore, StoreUnavailable
+    from p2sam.pgstore import PgJobStore, StoreUnavailable, close_pools
     from p2sam.runner import execute_job
     from p2sam.settings import Settings
 
-    with pytest.raises(StoreUnavailable) as down:
-        PgJobStore(tmp_path, "postgresql://postgres@127.0.0.1:1/test")
-    assert classify(down.value) is STORAGE_UNAVAILABLE
-    store = PgJobStore(tmp_path, pg_url)
-    job = _job(store)
-    store.url, store._local.conn = "postgresql://postgres@127.0.0.1:1/test", None  # the server goes away
-    assert execute_job(job["id"], store, Settings(data_dir=tmp_path)) == "deferred"
-    assert PgJobStore(tmp_path, pg_url).get(job["id"])["state"] == QUEUED  # untouched: it runs when retried
+    gone = "postgresql://postgres@127.0.0.1:1/test"
+    try:
+        with pytest.raises(StoreUnavailable) as down:
+            PgJobStore(tmp_path, gone)
+        assert classify(down.value) is STORAGE_UNAVAILABLE
+        store = PgJobStore(tmp_path, pg_url)
+        job = _job(store)
+        store.url = gone  # the server goes away
+        assert execute_job(job["id"], store, Settings(data_dir=tmp_path)) == "deferred"
+        assert PgJobStore(tmp_path, pg_url).get(job["id"])["state"] == QUEUED  # untouched: it runs when retried
+    finally:
+        close_pools(gone)
+
+
+def test_the_postgres_store_holds_at_most_its_pool_of_connections(tmp_path, pg_url):
+    """40 threads at once (the API's thread pool) share P2SAM_DATABASE_POOL_SIZE connections, and a
+    read-modify-write that reads or writes again inside its change runs in its own transaction."""
+    import threading
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    from p2sam.pgstore import PgJobStore
+
+    name = f"p2sam_pool_{uuid.uuid4().hex[:8]}"
+    store = PgJobStore(tmp_path, f"{pg_url}&application_name={name}", pool_size=3)
+    jobs = [_job(store)["id"] for _ in range(5)]
+    seen, stop = [], threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            while not stop.is_set():
+                seen.append(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                         (name,)).fetchone()[0])
+
+    def bump(i: int) -> None:
+        def change(r):
+            r["retries"] = r.get("retries", 0) + 1
+            assert store.get(r["id"])["id"] == r["id"]  # a read inside the transaction: same connection
+
+        store.update(jobs[i % len(jobs)], change)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(40) as ex:
+        list(ex.map(bump, range(200)))
+    stop.set()
+    watcher.join()
+    assert sum(store.get(j)["retries"] for j in jobs) == 200  # no update lost
+    assert seen and max(seen) <= 3, max(seen)
