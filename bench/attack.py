@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from imaging.phantom import write_example_case
 
     from .load import _model_dir
-    from .stack import RedisServer, Stack, zip_bytes
+    from .stack import RedisServer, Stack, mount_tmpfs, zip_bytes
 
     root = Path(tempfile.mkdtemp(prefix="p2sam-attack-"))
     case = write_example_case(root / "case", seed=11, shape=(6, 64, 64))
@@ -178,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
             redis = RedisServer(root, appendonly=True)
             stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model,
                           request_body_timeout_s=args.body_timeout, max_upload_mb=args.max_upload_mb)
-            if os.geteuid() == 0 and shutil.which("mount"):  # its own volume, so it can be made read-only
-                tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", str(stack.data_dir)],
-                                       capture_output=True).returncode == 0
+            tmpfs = mount_tmpfs(stack.data_dir, "2g")  # its own volume, so it can be made read-only
             stack.start_api()
             stack.wait_worker(stack.start_worker(wait=False), timeout=300)
             key = stack.p2sam("apikey", "create", "--name", "attack", "--scope", "submit", "--scope", "read").strip()

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from .stack import mount_tmpfs, parent_pid
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
@@ -110,7 +112,10 @@ def _percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     from imaging.phantom import write_example_case
 
-    from .stack import RedisServer, Stack
+    from p2sam.jobstore import open_store
+    from p2sam.settings import Settings
+
+    from .stack import PostgresSchema, RedisServer, Stack
 
     root = Path(tempfile.mkdtemp(prefix="p2sam-load-"))
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     stack = redis = None
     killed = []
     try:
-        database = _Database(args.database_url) if args.store == "postgres" and not args.api else None
+        database = PostgresSchema(args.database_url, "p2sam_load") if args.store == "postgres" and not args.api else None
     except Exception as exc:  # psycopg missing or the server not answering: one line, not a traceback
         print(f"bench.load: --store postgres needs a PostgreSQL server ({type(exc).__name__}: "
               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})", file=sys.stderr)
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             stack = Stack(root / "stack", models_dir, redis.url, min_island_mm2=0, default_model_ct=model, **extra)
             if args.faults:
                 _FAULTS_DONE.clear()
-                if _mount_tmpfs(stack.data_dir):
+                if mount_tmpfs(stack.data_dir, "4g"):
                     _FAULTS_DONE.add("tmpfs")
                 else:
                     _FAULTS_DONE.add("readonly")
@@ -147,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
                 stack.wait_worker(proc, timeout=180)
             key = stack.p2sam("apikey", "create", "--name", "bench-load", "--scope", "submit", "--scope", "read").strip()
             url, data_dir = stack.url, stack.data_dir
-        if data_dir is not None:
-            store = _store(data_dir, database)
+        if data_dir is not None:  # the records, read as the stack's own processes read them
+            store = open_store(Settings(data_dir=data_dir, database_url=database.url if database else None))
         server_errors = []
         c = httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60, event_hooks={"response": [
             lambda r: server_errors.append(r.request.url.path) if r.status_code >= 500 else None]})
@@ -213,14 +218,6 @@ _FAULTS_DONE: set[str] = set()
 _READONLY_SINCE: list[float] = []
 
 
-def _mount_tmpfs(folder: Path) -> bool:
-    """The data folder on a tmpfs of its own, so that it can be remounted read-only (root only)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
-
-
 def _faults(args, stack, redis, store, ids: list[str], done: int, killed: list[str]) -> None:
     """With --faults: kill -9 a busy pool process at 50 % done, restart Redis at 60 %, the data
     volume read-only from 70 % for --readonly-s seconds."""
@@ -261,7 +258,7 @@ def _kill_busy_worker(stack, store, ids: list[str]) -> str:
         rec = store.get(job_id)
         if rec["state"] == "running" and rec.get("lease"):
             running[int(rec["lease"]["owner"].split(":")[1])] = job_id
-    parents = {_ppid(pid) for pid in running}
+    parents = {parent_pid(pid) for pid in running}
     busy = [w for w in stack.live_workers() if w.pid in parents]
     victim = (busy or stack.live_workers())[0]
     victim.kill9()
@@ -270,13 +267,6 @@ def _kill_busy_worker(stack, store, ids: list[str]) -> str:
           file=sys.stderr)
     stack.start_worker(wait=False)
     return victim.name
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def report(ids: list[str], states: dict[str, str], store, n_targets: int, t0: float,
@@ -311,35 +301,6 @@ def report(ids: list[str], states: dict[str, str], store, n_targets: int, t0: fl
         print(f"{k:<{width}}  {v}")
     print(f"lost {lost} duplicated {duplicated if data_dir is not None else 'n/a'}")
     return 0 if lost == 0 and not duplicated else 1
-
-
-class _Database:
-    """A fresh schema on a PostgreSQL server for one run (its search_path), dropped afterwards."""
-
-    def __init__(self, url: str | None) -> None:
-        import uuid
-
-        import psycopg
-
-        base = url or os.environ.get("P2SAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-        self.schema = f"p2sam_load_{uuid.uuid4().hex[:10]}"
-        self.conn = psycopg.connect(base, autocommit=True, connect_timeout=5)
-        self.conn.execute(f"CREATE SCHEMA {self.schema}")
-        self.url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.schema}"
-
-    def drop(self) -> None:
-        self.conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
-        self.conn.close()
-
-
-def _store(data_dir: Path, database: "_Database | None"):
-    from p2sam.jobstore import JobStore
-
-    if database is None:
-        return JobStore(data_dir)
-    from p2sam.pgstore import PgJobStore
-
-    return PgJobStore(data_dir, database.url)
 
 
 def main(argv: list[str] | None = None) -> int:

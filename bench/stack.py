@@ -38,6 +38,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (a pool process -> its Celery worker), None when gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def mount_tmpfs(folder: Path, size: str = "2g") -> bool:
+    """Put ``folder`` on a tmpfs of its own, so that it can be remounted read-only (root and mount
+    needed: False otherwise, nothing done). Undo with ``umount -l``."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+PG_URL = os.environ.get("P2SAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class PostgresSchema:
+    """A fresh schema on a PostgreSQL server (default $P2SAM_TEST_DATABASE_URL, else PG_URL), and
+    ``url``, the server's URL with that schema as its search_path: a job store of its own for one
+    test or benchmark run. psycopg.OperationalError when the server does not answer."""
+
+    def __init__(self, base: str | None = None, prefix: str = "p2sam_tmp") -> None:
+        import uuid
+
+        import psycopg
+
+        base = base or PG_URL
+        self.schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.conn = psycopg.connect(base, autocommit=True, connect_timeout=3)
+        self.conn.execute(f"CREATE SCHEMA {self.schema}")
+        self.url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.schema}"
+
+    def drop(self) -> None:
+        from p2sam.pgstore import close_pools
+
+        close_pools()  # (their connections would hold the schema's tables)
+        self.conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+        self.conn.close()
+
+
 class Proc:
     """A child process in its own process group, logging to a file."""
 

@@ -156,9 +156,11 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                 timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
     """Run the stored job ``job_id`` once; returns what happened: 'succeeded', 'failed',
     'cancelled', 'skipped' (absent, finished, or running on a live worker) or 'deferred' (the data
-    volume was read-only or full: a job not yet claimed stays queued, and the caller must try again
-    (the Celery task retries itself); a running one stays running and is re-queued when its lease
-    lapses)."""
+    volume was read-only or full, or the job store's database did not answer: the job is not
+    failed and the caller must try again (the Celery task retries itself). A job not yet claimed
+    stays queued; a running one goes back to queued, the attempt not counted, where its record can
+    still be written (PostgreSQL), else stays running until this process takes it again or its
+    lease lapses)."""
     from .batchstore import BatchStore, is_patient_task
     from .patient_task import patient_folder, run_patient
     from .pipeline import JobCancelled, run_job

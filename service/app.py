@@ -18,6 +18,7 @@ from p2sam.settings import Settings, get_settings
 from . import problems
 from .headers import SecurityHeaders
 from .limits import BodySizeLimit
+from .openapi_deployment import describe_deployment
 from .routes import ROUTERS
 from .services import Services
 
@@ -56,29 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _offline_docs(app)
     app.state.services = services
     problems.install(app)
-    problems.document_problems(app)
-    _deployment_in_openapi(app, services)
+    problems.document_problems(app, refine=lambda spec: describe_deployment(spec, services))
     app.add_middleware(BodySizeLimit, upload_limit=settings.max_upload_mb * (1 << 20),
                        body_timeout=settings.request_body_timeout_s)
     app.add_middleware(SecurityHeaders)  # outermost: the size limit's own 413s get the headers too
     for router in ROUTERS:
         app.include_router(router)
     return app
-
-
-def _deployment_in_openapi(app: FastAPI, services: Services) -> None:
-    from .openapi_deployment import describe_deployment
-
-    general = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        spec = general()
-        describe_deployment(spec, services)
-        return spec
-
-    app.openapi = openapi
 
 
 def _offline_docs(app: FastAPI) -> None:

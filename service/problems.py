@@ -8,7 +8,7 @@ stack trace: unexpected errors are logged server-side and answered with a short 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -146,9 +146,10 @@ def _possible(path: str, operation: dict[str, Any]) -> list[int]:
     return statuses
 
 
-def document_problems(app: FastAPI) -> None:
+def document_problems(app: FastAPI, refine: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Make the OpenAPI say what the API does: every 4xx/5xx response is problem+json
-    (FastAPI's own 422 schema is replaced, since validation errors are problems here too)."""
+    (FastAPI's own 422 schema is replaced, since validation errors are problems here too);
+    ``refine(spec)`` then narrows it further in place (service/openapi_deployment.py)."""
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
@@ -170,6 +171,8 @@ def document_problems(app: FastAPI) -> None:
                             response["description"] = "Invalid input"
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
+        if refine is not None:
+            refine(spec)
         app.openapi_schema = spec
         return spec
 

@@ -101,7 +101,6 @@ class Idempotency:
                                            "created_at": time.time()})  # the retention sweep reads it
             return create(draft, entry_path.stem), False
 
-
     @staticmethod
     def _replay(entry_path: Path, digest: str, kind: str, find: Callable[[str], Any]) -> Any:
         """The record the key's entry names (None when there is no entry, or its record does not

@@ -37,34 +37,25 @@ def repo_root() -> Path:
     return REPO
 
 
-PG_URL = os.environ.get("P2SAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture()
 def pg_url():
     """A PostgreSQL URL whose search_path is a fresh schema of its own (dropped afterwards): the
     PostgreSQL job store's tests. Skips, saying why, where no server answers (.ci/run starts one)."""
-    import uuid
+    from bench.stack import PG_URL, PostgresSchema
 
     try:
         import psycopg
     except ImportError:
         pytest.skip("psycopg is not installed (pip install -e .)")
     try:
-        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+        scratch = PostgresSchema(prefix="p2sam_test")
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL does not answer at {PG_URL} ({str(exc).strip().splitlines()[0]}); "
                     "set P2SAM_TEST_DATABASE_URL or start it")
-    schema = f"p2sam_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+        yield scratch.url
     finally:
-        from p2sam.pgstore import close_pools
-
-        close_pools()  # (their connections would hold the schema's tables)
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+        scratch.drop()
 
 
 class Backend:
@@ -74,13 +65,10 @@ class Backend:
         self.path, self.url = path, url
 
     def __call__(self, path=None):
-        from p2sam.jobstore import JobStore
+        from p2sam.jobstore import open_store
+        from p2sam.settings import Settings
 
-        if self.url is None:
-            return JobStore(path or self.path)
-        from p2sam.pgstore import PgJobStore
-
-        return PgJobStore(path or self.path, self.url)
+        return open_store(Settings(data_dir=path or self.path, database_url=self.url))
 
 
 @pytest.fixture(params=["files", "postgres"])

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bench.stack import Stack
+from bench.stack import Stack, parent_pid
 from p2sam.pgstore import PgJobStore
 from service.auth import KeyStore
 
@@ -35,8 +35,7 @@ def test_jobs_on_postgres_survive_a_killed_worker(tmp_path, model_dir, redis_ser
                 assert time.time() < deadline, "no job started"
                 time.sleep(0.1)
             running = store.by_state("running")[0]
-            victim = next(w for w in (first, second) if str(w.pid) in running["lease"]["owner"] or
-                          w.pid == _parent(int(running["lease"]["owner"].split(":")[1])))
+            victim = next(w for w in (first, second) if w.pid == parent_pid(int(running["lease"]["owner"].split(":")[1])))
             victim.kill9()
             done = [wait(c, j["id"], timeout=300) for j in jobs]
         assert [d["state"] for d in done] == ["succeeded"] * 4, done
@@ -48,11 +47,3 @@ def test_jobs_on_postgres_survive_a_killed_worker(tmp_path, model_dir, redis_ser
     finally:
         s.stop()
 
-
-def _parent(pid: int) -> int | None:
-    from pathlib import Path
-
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
