@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoints import WEIGHTS_FORMAT, CheckpointError, read_checkpoint
+from models.checkpoints import LORA_FORMAT, WEIGHTS_FORMAT, CheckpointError, read_checkpoint
 from models.finetune import AugmentConfig, InteractiveConfig, TrainConfig, fit, load_best, prepare_model
 from models.finetune.data import NO_AUGMENT
 from models.registry import BACKBONES, build_sam, bundled_models, load_model, resolve_weights, save_weights
@@ -104,18 +104,39 @@ def _first_probs(text: str) -> tuple[float, float, float]:
     return tuple(o / sum(odds) for o in odds)  # type: ignore[return-value]
 
 
-def _base_model(args) -> tuple[Any, str, dict[str, Any] | None, str]:
-    """(sam, backbone, small-backbone config, base sha256)."""
+def _base_model(args) -> tuple[Any, str, dict[str, Any] | None, str, str | None]:
+    """(sam, backbone, small-backbone config, base sha256, bundled base an adapter names).
+
+    A bundled adapter as ``--base`` (e.g. ``kvasir_lite``) continues its training: the new
+    adapter names the adapter's own base (``lite_medsam``), which is right only when the new run
+    trains every module the old adapter held and the old one has no LoRA tensors."""
     if args.checkpoint:
         loaded = load_model(args.checkpoint, backbone=args.backbone)
         raw = read_checkpoint(resolve_weights(args.checkpoint))
-        config = dict(raw.get("config") or {}) if isinstance(raw, dict) and raw.get("format") == WEIGHTS_FORMAT else None
-        return loaded.sam, loaded.backbone, config, loaded.sha256
+        is_dict = isinstance(raw, dict)
+        config = dict(raw.get("config") or {}) if is_dict and raw.get("format") == WEIGHTS_FORMAT else None
+        bundled = args.checkpoint if args.checkpoint in bundled_models() else None
+        if is_dict and raw.get("format") == LORA_FORMAT and raw.get("base_weights") and args.mode != "full":
+            return loaded.sam, loaded.backbone, config, str(raw.get("base_sha256") or ""), _continued_base(args, raw)
+        return loaded.sam, loaded.backbone, config, loaded.sha256, bundled
     backbone = args.backbone or "small"
     config = json.loads(args.small_config) if args.small_config else None
     if backbone != "small" and config:
         raise ValueError("--small-config applies to the small backbone only")
-    return build_sam(backbone, config), backbone, (config or {}) if backbone == "small" else None, ""
+    return build_sam(backbone, config), backbone, (config or {}) if backbone == "small" else None, "", None
+
+
+def _continued_base(args, raw: dict[str, Any]) -> str:
+    """The base an adapter trained further on ``raw`` (an adapter file) names: raw's own base."""
+    from models.finetune.modes import DECODER_MODULES
+    from models.lora import TRAINED_MODULES
+
+    modules = {"decoder": DECODER_MODULES, "lora": TRAINED_MODULES}.get(args.mode)
+    held = list(raw.get("trained_state_dict") or {})
+    if modules is None or raw.get("lora_state_dict") or not all(k.startswith(modules) for k in held):
+        raise ValueError(f"--base {args.checkpoint} is an adapter: it can be trained further with --mode decoder "
+                         "(an adapter without LoRA tensors), so that the new adapter replaces every module it held")
+    return str(raw["base_weights"])
 
 
 def _datasets(args, size: int):
@@ -191,7 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
         cfg = train_config(args)
-        sam, backbone, config, base_sha = _base_model(args)
+        sam, backbone, config, base_sha, base_name = _base_model(args)
         prepare_model(sam, args.mode, args.lora_rank)
         size = sam.image_encoder.img_size
         t0 = time.perf_counter()
@@ -228,7 +249,6 @@ def run_train(args: argparse.Namespace) -> int:
         from models.finetune.modes import DECODER_MODULES
         from models.lora import TRAINED_MODULES, save_lora_file
 
-        base_name = args.checkpoint if args.checkpoint in bundled_models() else None
         modules = TRAINED_MODULES if args.mode == "lora" else DECODER_MODULES
         path = save_lora_file(sam, args.weights_out or out / "adapter.pt", backbone, base_sha, card,
                               base_weights=base_name, trained_modules=modules, half=True)

@@ -79,3 +79,28 @@ def test_train_command_decoder_mode_writes_an_adapter_for_its_base(tmp_path):
     assert loaded.card["name"] == "tinyadapt" and loaded.card["mode"] == "decoder"
     assert json.loads((out / "card.json").read_text())["modality"] == "CT"
     assert (out / "adapter.md").read_text().startswith("# Model card: tinyadapt")
+
+
+def test_training_a_bundled_adapter_further_writes_an_adapter_on_the_adapters_own_base(tmp_path):
+    """``--base kvasir_lite --mode decoder``: the new adapter replaces every module kvasir_lite
+    held, so it names lite_medsam (kvasir_lite's base) and loads on its own."""
+    import pytest
+
+    from models import load_model
+    from models.checkpoints import read_checkpoint
+    from models.registry import bundled_models
+    from p2sam.train import main
+
+    if "kvasir_lite" not in bundled_models():
+        pytest.skip("kvasir_lite is not bundled in this install")
+    out = tmp_path / "run"
+    argv = ["--dataset", "phantom", "--phantom-train", "2", "--phantom-val", "1", "--epochs", "1", "--batch-size", "2",
+            "--iterations", "1", "--lr", "1e-2", "--base", "kvasir_lite", "--mode", "decoder", "--cache-views", "1",
+            "--out", str(out), "--name", "further", "--threads", "2", "--no-progress"]
+    assert main(argv) == 0
+    raw = read_checkpoint(out / "adapter.pt")
+    assert raw["base_weights"] == "lite_medsam"
+    assert raw["base_sha256"] == read_checkpoint(load_model("kvasir_lite").files[-1])["base_sha256"]
+    further, before = load_model(out / "adapter.pt"), load_model("kvasir_lite")
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    assert not torch.equal(further.sam.state_dict()[key], before.sam.state_dict()[key])
