@@ -224,10 +224,10 @@ def _faults(args, stack, redis, store, ids: list[str], done: int, killed: list[s
     if "pool" not in _FAULTS_DONE and done >= 0.5 * len(ids):
         for job_id in ids:
             rec = store.get(job_id)
-            if rec["state"] == "running" and rec.get("lease"):
+            if rec.state == "running" and rec.lease:
                 import signal
 
-                pid = int(rec["lease"]["owner"].split(":")[1])
+                pid = int(rec.lease.owner.split(":")[1])
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -256,8 +256,8 @@ def _kill_busy_worker(stack, store, ids: list[str]) -> str:
     running = {}
     for job_id in ids:
         rec = store.get(job_id)
-        if rec["state"] == "running" and rec.get("lease"):
-            running[int(rec["lease"]["owner"].split(":")[1])] = job_id
+        if rec.state == "running" and rec.lease:
+            running[int(rec.lease.owner.split(":")[1])] = job_id
     parents = {parent_pid(pid) for pid in running}
     busy = [w for w in stack.live_workers() if w.pid in parents]
     victim = (busy or stack.live_workers())[0]
@@ -278,14 +278,14 @@ def report(ids: list[str], states: dict[str, str], store, n_targets: int, t0: fl
     if store is not None:
         for job_id in ids:
             rec = store.get(job_id)
-            attempts += rec["attempts"]
+            attempts += rec.attempts
             out = data_dir / "results" / job_id
             folders = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-            dup = rec["terminal_transitions"] > 1 or any(n > 1 for n in rec["writes"].values())
-            if rec["state"] == "succeeded":
+            dup = rec.terminal_transitions > 1 or any(n > 1 for n in rec.writes.values())
+            if rec.state == "succeeded":
                 dup = dup or len(folders) != n_targets
-                latencies.append(rec["finished_at"] - rec["created_at"])
-                finish_times.append(rec["finished_at"])
+                latencies.append(rec.finished_at - rec.created_at)
+                finish_times.append(rec.finished_at)
             duplicated += dup
     duplicated += extra_duplicated  # a retried POST that made a second job
     span = (max(finish_times) - t0) if finish_times else float("nan")

@@ -34,7 +34,7 @@ def _quiet_libraries(level: str) -> None:
     """pynetdicom logs whole data sets (patient names included) at DEBUG: keep it at WARNING."""
     import logging
 
-    from worker.logs import configure
+    from p2sam.logs import configure
 
     configure(level)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

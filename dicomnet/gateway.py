@@ -23,6 +23,7 @@ from typing import Any
 import pydicom
 
 from p2sam.jobstore import SUCCEEDED, JobStore, open_store, process_owner
+from p2sam.records import DicomInfo, JobRecord
 
 from .outbox import DELIVERED, FAILED, REFUSED, SENT_KINDS, Outbox, public
 from .peers import Peer, PeerError, check_destinations, default_destinations, peers_of
@@ -46,14 +47,14 @@ class Gateway:
         return 4 * self.settings.dicom_timeout_s + 30
 
     # --- enqueueing
-    def enqueue_job(self, record: dict[str, Any], destinations: list[str]) -> list[dict]:
+    def enqueue_job(self, record: JobRecord, destinations: list[str]) -> list[dict]:
         """One delivery per sendable artifact of the job and destination (existing ones are kept)."""
         created = []
-        for t in record.get("results") or []:
-            for a in t.get("artifacts", []):
-                if a["kind"] not in SENT_KINDS:
+        for t in record.results or []:
+            for a in t.artifacts:
+                if a.kind not in SENT_KINDS:
                     continue
-                path = self.store.results_dir(record["id"]) / t["target"] / a["name"]
+                path = self.store.results_dir(record.id) / t.target / a.name
                 sop_class = sop_instance = ""
                 try:
                     ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
@@ -62,24 +63,21 @@ class Gateway:
                     pass  # sending will say what is wrong
                 for dest in destinations:
                     peer = self.peers.get(dest)
-                    rec, new = self.outbox.add(record["id"], t["target"], a["name"], a["kind"], dest,
+                    rec, new = self.outbox.add(record.id, t.target, a.name, a.kind, dest,
                                                peer.protocol if peer else "unknown", sop_class, sop_instance)
                     if new:
                         created.append(rec)
         if created:
-            log.info("job %s: %d deliveries enqueued", record["id"], len(created))
+            log.info("job %s: %d deliveries enqueued", record.id, len(created))
         return created
 
-    def destinations_of(self, record: dict[str, Any]) -> list[str] | None:
+    def destinations_of(self, record: JobRecord) -> list[str] | None:
         """Where the job's results go: its own ``dicom.destinations``, else (a job that named none,
         finished since the outbox was created, not a batch's patient task) P2SAM_DICOM_DESTINATIONS."""
-        from p2sam.batchstore import is_patient_task
-
-        d = record.get("dicom")
-        if d is not None:
-            return d.get("destinations") or []
+        if record.dicom is not None:
+            return list(record.dicom.destinations)
         defaults = default_destinations(self.settings)
-        if not defaults or is_patient_task(record) or (record.get("finished_at") or 0) < self.outbox.since:
+        if not defaults or record.is_patient_task or (record.finished_at or 0) < self.outbox.since:
             return []
         return defaults
 
@@ -87,26 +85,26 @@ class Gateway:
         """Enqueue the deliveries of succeeded jobs that ask for some; returns those job ids."""
         done = []
         for r in self.store.by_state(SUCCEEDED):
-            if (r.get("dicom") or {}).get("enqueued") or r.get("purged_at"):
+            if (r.dicom is not None and r.dicom.enqueued) or r.purged_at:
                 continue
             destinations = self.destinations_of(r)
             if not destinations:
                 continue
             self._enqueue_and_mark(r, destinations)
-            done.append(r["id"])
+            done.append(r.id)
         return done
 
-    def _enqueue_and_mark(self, record: dict[str, Any], destinations: list[str]) -> list[dict]:
+    def _enqueue_and_mark(self, record: JobRecord, destinations: list[str]) -> list[dict]:
         created = self.enqueue_job(record, destinations)
 
-        def mark(rec: dict) -> None:
-            rec["dicom"] = {**(rec.get("dicom") or {}), "destinations": destinations, "enqueued": time.time()}
+        def mark(rec: JobRecord) -> None:
+            rec.dicom = DicomInfo(destinations=destinations, enqueued=time.time())
 
-        self.store.update(record["id"], mark)
-        self.mirror(record["id"])
+        self.store.update(record.id, mark)
+        self.mirror(record.id)
         return created
 
-    def request(self, record: dict[str, Any], destinations: list[str] | None, again: bool = False) -> list[str]:
+    def request(self, record: JobRecord, destinations: list[str] | None, again: bool = False) -> list[str]:
         """``POST /v1/jobs/{id}/deliveries``: deliver a succeeded job's results to ``destinations``
         (new ones are added to the job; absent: all it has), re-sending refused / failed deliveries
         there (``again``: delivered ones too). Returns the ids of the deliveries now due; PeerError
@@ -118,11 +116,11 @@ class Gateway:
                             f"{', '.join(sorted(self.peers)) or 'none configured (P2SAM_DICOM_PEERS)'})")
         check_destinations(wanted, self.peers)
         created = self._enqueue_and_mark(record, list(dict.fromkeys([*current, *wanted])))
-        ids = [d["id"] for d in self.outbox.for_job(record["id"]) if d["destination"] in wanted]
-        resent = self.outbox.resend(record["id"], ids, include_delivered=again)
-        self.mirror(record["id"])
+        ids = [d["id"] for d in self.outbox.for_job(record.id) if d["destination"] in wanted]
+        resent = self.outbox.resend(record.id, ids, include_delivered=again)
+        self.mirror(record.id)
         due = {d["id"] for d in created if d["destination"] in wanted} | {d["id"] for d in resent}
-        log.info("job %s: %d deliveries requested", record["id"], len(due))
+        log.info("job %s: %d deliveries requested", record.id, len(due))
         return sorted(due)
 
     # --- sending
@@ -181,8 +179,8 @@ class Gateway:
     def mirror(self, job_id: str) -> None:
         deliveries = [public(d) for d in self.outbox.for_job(job_id)]
 
-        def change(r: dict) -> None:
-            r["deliveries"] = deliveries
+        def change(r: JobRecord) -> None:
+            r.deliveries = deliveries
 
         self.store.update(job_id, change)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from p2sam.jobstore import JobStore, new_id
+from p2sam.records import JobRecord
 
 from .pacs import NotOnPacs, PacsError, PacsRefused, PacsUnavailable, source_for
 from .peers import PeerError, peers_of
@@ -71,10 +72,10 @@ def placeholder(entry: dict[str, Any]) -> str:
 
 
 # --- before the job runs
-def pull_inputs(record: dict[str, Any], store: JobStore, settings, progress: Callable[..., None] | None = None,
-                is_cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Pull every entry of ``record['pull']`` not yet done; returns the updated record."""
-    entries = [e for e in record.get("pull") or [] if not e.get("done")]
+def pull_inputs(record: JobRecord, store: JobStore, settings, progress: Callable[..., None] | None = None,
+                is_cancelled: Callable[[], bool] | None = None) -> JobRecord:
+    """Pull every entry of ``record.pull`` not yet done; returns the updated record."""
+    entries = [e for e in record.pull or [] if not e.get("done")]
     progress = progress or (lambda *a, **k: None)
     is_cancelled = is_cancelled or (lambda: False)
     peers = peers_of(settings)
@@ -87,8 +88,8 @@ def pull_inputs(record: dict[str, Any], store: JobStore, settings, progress: Cal
         source = source_for(peer, settings)
         paths = _retrying(lambda e=entry, src=source, rec=record: _pull(e, src, store, settings, rec), settings, entry,
                           progress, is_cancelled, what)
-        record = _record_done(store, record["id"], entry, paths)
-        log.info("job %s: %s pulled from %s (%d instances)", record["id"], entry["role"], entry["peer"], paths["instances"])
+        record = _record_done(store, record.id, entry, paths)
+        log.info("job %s: %s pulled from %s (%d instances)", record.id, entry["role"], entry["peer"], paths["instances"])
     return record
 
 
@@ -113,7 +114,7 @@ def _retrying(fn: Callable[[], dict], settings, entry: dict, progress, is_cancel
     raise AssertionError("unreachable")
 
 
-def _pull(entry: dict, source, store: JobStore, settings, record: dict) -> dict[str, Any]:
+def _pull(entry: dict, source, store: JobStore, settings, record: JobRecord) -> dict[str, Any]:
     """Retrieve and ingest one entry into its reserved upload; the spec paths it gives."""
     study_uid, image = _image_series(entry, source)
     contours = _contour_series(entry, source, study_uid) if entry["role"] == "prior" else []
@@ -173,11 +174,11 @@ def _contour_series(entry: dict, source, study_uid: str) -> list[dict]:
     return found
 
 
-def _ingest(store: JobStore, settings, entry: dict, record: dict, size: int) -> dict:
+def _ingest(store: JobStore, settings, entry: dict, record: JobRecord, size: int) -> dict:
     from service.problems import Problem
     from service.uploads import UploadStore
 
-    owner = (record.get("owner") or {}).get("key_id") or settings.dicom_upload_owner
+    owner = record.owner.key_id or settings.dicom_upload_owner
     try:
         return UploadStore(store).ingest(entry["upload_id"], owner, size)
     except Problem as exc:
@@ -203,13 +204,13 @@ def _choose_mask(entry: dict, manifest: dict, series: dict) -> str:
     return chosen["path"]
 
 
-def _record_done(store: JobStore, job_id: str, entry: dict, paths: dict) -> dict:
-    def change(r: dict) -> None:
-        for e in r.get("pull") or []:
+def _record_done(store: JobStore, job_id: str, entry: dict, paths: dict) -> JobRecord:
+    def change(r: JobRecord) -> None:
+        for e in r.pull or []:  # the entries and the spec are plain dicts of the record: changed in place
             if e["upload_id"] != entry["upload_id"]:
                 continue
             e.update(done=True, instances=paths["instances"], pulled_at=time.time())
-            spec = r["spec"]
+            spec = r.spec
             if e["role"] == "prior":
                 spec["prior_image"], spec["prior_mask"] = paths["image"], paths["mask"]
             else:

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .errors import FrameOfReferenceError, GeometryError, SeriesSelectionError, UnsupportedFileError
-from .limits import check_voxels
+from .errors import check_voxels
 from .volume import PATIENT_STUDY_KEYWORDS, DicomInfo, Volume, direction_from_iop
 
 NON_IMAGE_MODALITIES = {

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import EmptyRoiError, GeometryError, ImageTooLargeError, ImagingError, RoiNotFoundError, UnsupportedFileError
-from .limits import check_voxels
+from .errors import check_voxels
 from .mask_common import RoiMask
 from .volume import Volume, to_sitk
 

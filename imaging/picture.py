@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import EmptyRoiError, GeometryError, ImageTooLargeError, ImagingError, UnsupportedFileError
-from .limits import MAX_PICTURE_PIXELS
+from .errors import MAX_PICTURE_PIXELS
 from .mask_common import RoiMask
 from .volume import Volume
 

@@ -22,7 +22,7 @@ from pydicom.uid import SegmentationStorage
 
 from . import dicom_common as dc
 from .errors import EmptyRoiError, FrameOfReferenceError, GeometryError, UnsupportedFileError
-from .limits import check_voxels
+from .errors import check_voxels
 from .mask_common import RoiMask, check_same_patient, plane_slice, select
 from .volume import Volume, direction_from_iop
 

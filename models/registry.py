@@ -23,6 +23,7 @@ from .checkpoints import (
     extract_state_dict,
     file_sha256,
     guess_backbone,
+    is_lite_medsam_state,
     load_state_dict_strict,
     normalize_keys,
     read_checkpoint,
@@ -30,7 +31,7 @@ from .checkpoints import (
 )
 from .lite_medsam import CARD as LITE_MEDSAM_CARD
 from .lite_medsam import FILE_SHA256 as LITE_MEDSAM_SHA256
-from .lite_medsam import build_lite_medsam, is_lite_medsam_state, wheel_weights
+from .lite_medsam import build_lite_medsam, wheel_weights
 from .small_encoder import SmallImageEncoder
 
 PIXEL_MEAN = [123.675, 116.28, 103.53]

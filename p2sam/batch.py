@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import imaging
 
 from .pipeline import JobCancelled, dice, run_job
+from .records import TargetResult
 from .spec import JobSpec, TargetSpec, check_rois
 
 
@@ -250,18 +251,18 @@ def _mask_or_empty(path: str | Path, target: imaging.Volume) -> np.ndarray:
 
 
 def _fill(report: VisitReport, folder: Path, visit: VisitEntry) -> None:
-    result = json.loads((folder / "result.json").read_text())
-    qc = result.get("qc", {})
-    report.found = result.get("found")
-    report.volume_ml = qc.get("volume_ml")
-    interval = qc.get("volume_interval_90_ml") or [None, None]
-    report.volume_low_ml, report.volume_high_ml = interval
-    report.review = qc.get("review")
-    report.flagged_slices = [f["z"] for f in qc.get("flagged_slices", [])]
+    result = TargetResult.read(folder)
+    if result is None:
+        raise FileNotFoundError(f"{folder.name}: result.json is missing or unreadable")
+    report.found = result.found
+    report.volume_ml = result.volume_ml
+    report.volume_low_ml, report.volume_high_ml = result.qc.get("volume_interval_90_ml") or [None, None]
+    report.review = result.review
+    report.flagged_slices = result.flagged_slices
     target = imaging.read_image(visit.image)
     predicted = _mask_or_empty(_mask_file(folder), target)
     report.area_px = int(predicted.sum())
-    if visit.truth and "structures" not in result:
+    if visit.truth and result.structures is None:
         truth = _mask_or_empty(visit.truth, target)
         report.dice = dice(predicted, truth)
         report.truth_volume_ml = float(truth.sum() * np.prod(target.spacing) / 1000.0)

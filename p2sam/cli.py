@@ -66,16 +66,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     summary = run_job(spec, args.out, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"model {summary['model']['name']} ({summary['model']['backbone']}), method {summary['method']}, {summary['seconds']:.1f} s")
+    print(f"model {summary.model['name']} ({summary.model['backbone']}), method {summary.method}, {summary.seconds:.1f} s")
     print(f"{'target':<16}{'found':>7}{'size':>14}{'review':>8}  folder")
     notes: list[str] = []
-    for t in summary["targets"]:
-        print(f"{t['target']:<16}{str(t['found']):>7}{size_text(t):>14}{('yes' if t['review'] else 'no'):>8}  {Path(args.out) / t['target']}/")
-        for st in t.get("structures", []):  # a multi-ROI job: one line per structure
-            print(f"{'  ' + st['name']:<16}{st['found']!s:>7}{size_text(st):>14}{('yes' if st['review'] else 'no'):>8}")
-        for w in t["warnings"]:
+    for t in (result.summary() for result in summary.targets):
+        print(f"{t.target:<16}{str(t.found):>7}{size_text(t):>14}{('yes' if t.review else 'no'):>8}  {Path(args.out) / t.target}/")
+        for st in t.structures or []:  # a multi-ROI job: one line per structure
+            print(f"{'  ' + st.name:<16}{st.found!s:>7}{size_text(st):>14}{('yes' if st.review else 'no'):>8}")
+        for w in t.warnings:
             print(f"{'':<16}warning: {w}")
-        notes += [n for n in t.get("notes", []) if n not in notes]
+        notes += [n for n in t.notes if n not in notes]
     for note in notes:  # said once for the job, not per target
         print(f"note: {note}")
     args.summary = summary
@@ -98,18 +98,19 @@ def roi_args(values: str | list[str] | None) -> tuple[str | None, list[str] | st
     return (values[0], None) if len(values) == 1 else (None, list(values))
 
 
-def size_text(target: dict) -> str:
-    """'12.34 mL' for a volume, '5900 mm²' for a picture or single slice, '-' when nothing was found."""
-    if target.get("area_mm2") is not None:
-        return f"{target['area_mm2']:.0f} mm²"
-    return "-" if target.get("volume_ml") is None else f"{target['volume_ml']:.2f} mL"
+def size_text(target) -> str:
+    """'12.34 mL' for a volume, '5900 mm²' for a picture or single slice, '-' when nothing was found
+    (``target``: a TargetSummary or StructureSummary of p2sam.records)."""
+    if target.area_mm2 is not None:
+        return f"{target.area_mm2:.0f} mm²"
+    return "-" if target.volume_ml is None else f"{target.volume_ml:.2f} mL"
 
 
-def files_written(summary: dict) -> list[str]:
-    """Every file name written for the job's targets, in a stable order (result.json last)."""
+def files_written(summary) -> list[str]:
+    """Every file name written for the job's targets (a JobSummary), in a stable order (result.json last)."""
     names: list[str] = []
-    for t in summary["targets"]:
-        names += [f for f in t.get("files", {}).values() if f not in names]
+    for t in summary.targets:
+        names += [f for f in t.files.values() if f not in names]
     return names + ["result.json"]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .broker import TASK_NAME
 from .jobstore import QUEUED, JobStore
+from .records import JobRecord, Published
 from .settings import Settings
 
 log = logging.getLogger("p2sam.dispatch")
@@ -50,21 +51,21 @@ class Dispatcher:
     def publish(self, job_id: str, epoch: str | None = None) -> bool:
         """Send the job's id to its queue; record the epoch. False when the broker is down."""
         record = self.store.get(job_id)
-        if record is None or record["state"] != QUEUED:
+        if record is None or record.state != QUEUED:
             return False
         epoch = epoch or self.epoch()
         if epoch is None:
             return False
-        limits = {k: record[k] for k in ("soft_time_limit", "time_limit") if record.get(k)}  # a batch task: per visit
+        limits = {k: getattr(record, k) for k in ("soft_time_limit", "time_limit") if getattr(record, k)}  # a batch task: per visit
         try:
-            self.app.send_task(TASK_NAME, args=[job_id], queue=record.get("queue", "interactive"), retry=True, **limits,
+            self.app.send_task(TASK_NAME, args=[job_id], queue=record.queue, retry=True, **limits,
                                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1})
         except Exception as exc:
             log.warning("job %s: could not publish (%s); the maintenance sweep retries", job_id, type(exc).__name__)
             return False
 
-        def change(r: dict) -> None:
-            r["published"] = {"count": r["published"]["count"] + 1, "epoch": epoch, "at": time.time()}
+        def change(r: JobRecord) -> None:
+            r.published = Published(count=r.published.count + 1, epoch=epoch, at=time.time())
 
         self.store.update(job_id, change)
         return True
@@ -78,8 +79,8 @@ class Dispatcher:
         published = 0
         if epoch is not None:
             for r in self.store.by_state(QUEUED):
-                if (r.get("published") or {}).get("epoch") != epoch:
-                    published += self.publish(r["id"], epoch)
+                if r.published.epoch != epoch:
+                    published += self.publish(r.id, epoch)
         if published:
             log.info("published %d queued job(s) the broker did not hold", published)
         return {"requeued": len(requeued), "published": published}

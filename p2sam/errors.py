@@ -57,6 +57,10 @@ STORAGE_UNAVAILABLE = ErrorClass(
 NOT_ON_PACS = ErrorClass(404, "not-on-pacs", "Not found on the PACS", True)
 PACS_UNAVAILABLE = ErrorClass(503, "pacs-unavailable", "PACS unavailable", True)  # retried before it is shown
 PACS_REFUSED = ErrorClass(502, "pacs-refused", "The PACS refused the request", True)
+RECORD_UNREADABLE = ErrorClass(
+    500, "record-unreadable", "Stored record unreadable", False,
+    "a stored job or batch record was written by another p2sam version (the server log names it); an administrator "
+    "must run the same version on every host")
 INTERNAL = ErrorClass(500, "internal-error", "Internal error", False,
                       "internal error; the server log has the details")
 
@@ -78,6 +82,7 @@ TABLE: list[tuple[str, str, ErrorClass]] = [
     ("torch", "OutOfMemoryError", OUT_OF_GPU_MEMORY),           # torch.cuda.OutOfMemoryError (a RuntimeError)
     ("builtins", "MemoryError", OUT_OF_MEMORY),
     ("p2sam.pgstore", "StoreUnavailable", STORAGE_UNAVAILABLE),  # the job store's database does not answer
+    ("p2sam.records", "RecordError", RECORD_UNREADABLE),       # a record of a newer version (p2sam.records)
 ]
 
 

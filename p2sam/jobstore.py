@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,12 +38,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .records import JobRecord, Lease, Published, RecordError, Transition, load_record
+from .records import Record as BaseRecord
+
+Record = BaseRecord  # a JobRecord or a BatchRecord (p2sam.records), by the store's kind
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({QUEUED, RUNNING})
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
-Record = dict[str, Any]
+log = logging.getLogger("p2sam.jobstore")
 
 
 def new_id() -> str:
@@ -132,6 +138,7 @@ class JobStore:
         """``records``: the folder of the records (``jobs``; :mod:`p2sam.batchstore` keeps
         batch records under ``batches`` with this same code)."""
         self.data_dir = Path(data_dir).resolve()
+        self.kind = records
         self.jobs_dir = self.data_dir / records
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "results").mkdir(exist_ok=True)
@@ -173,88 +180,102 @@ class JobStore:
             yield
 
     # --- reading
+    def load(self, raw: Any) -> Record:
+        """A stored record of this store's kind as its type (p2sam.records.load_record)."""
+        return load_record(self.kind, raw)
+
+    def load_listed(self, raws) -> list[Record]:
+        """The records of a listing: one that cannot be read (written by a newer version, during
+        a rolling upgrade) is left out with a warning instead of stopping every sweep and list."""
+        out = []
+        for raw in raws:
+            try:
+                out.append(self.load(raw))
+            except RecordError as exc:
+                log.warning("%s (left out of the listing)", exc)
+        return out
+
     def get(self, job_id: str) -> Record | None:
         if not valid_id(job_id):
             return None
         try:
-            return json.loads(self.record_path(job_id).read_text())
+            return self.load(json.loads(self.record_path(job_id).read_text()))
         except FileNotFoundError:
             return None
 
     def all(self) -> Iterator[Record]:
         """Every record (oldest first by creation time)."""
-        records = []
+        raws = []
         for path in self.jobs_dir.glob("*.json"):
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                records.append(json.loads(path.read_text()))
-        yield from sorted(records, key=lambda r: r.get("created_at", 0))
+                raws.append(json.loads(path.read_text()))
+        yield from sorted(self.load_listed(raws), key=lambda r: r.created_at)
 
     def by_state(self, *states: str) -> list[Record]:
-        return [r for r in self.all() if r.get("state") in states]
+        return [r for r in self.all() if r.state in states]
 
     # --- writing
-    def create(self, record: Record) -> Record:
-        """Store a new record (state queued). Fills in the bookkeeping fields."""
+    def create(self, record: Record | dict[str, Any]) -> Record:
+        """Store a new record (state queued). Fills in the bookkeeping fields the caller left unset."""
         base = self._new_record(record)
-        path = self.record_path(base["id"])
-        with self.locked(base["id"]):
+        path = self.record_path(base.id)
+        with self.locked(base.id):
             if path.exists():
-                raise FileExistsError(base["id"])
-            write_json_atomic(path, base)
+                raise FileExistsError(base.id)
+            write_json_atomic(path, base.to_json())
         return base
 
-    def _new_record(self, record: Record) -> Record:
+    def _new_record(self, record: Record | dict[str, Any]) -> Record:
+        base = record.model_copy(deep=True) if isinstance(record, BaseRecord) else self.load(record)
+        given = base.model_fields_set
         now = self.now()
-        base: Record = {
-            "state": QUEUED, "stage": "queued", "progress": 0.0, "message": "waiting for a worker",
-            "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
-            "warnings": [], "error": None, "summary": None, "results": None,
-            "attempts": 0, "retries": 0, "lease": None, "writes": {},
-            "transitions": [{"from": None, "to": QUEUED, "at": now, "by": process_owner(), "reason": "submitted"}],
-            "terminal_transitions": 0, "refused_transitions": 0,
-            "cancel_requested": False, "purge_requested": False, "purged_at": None,
-            "published": {"count": 0, "epoch": None, "at": None},
-        }
-        base.update(record)
+        for name in ("created_at", "updated_at"):
+            if name not in given:
+                setattr(base, name, now)
+        if "transitions" not in given:
+            base.transitions = [Transition(from_=None, to=QUEUED, at=now, by=process_owner(), reason="submitted")]
         return base
 
     def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True,
                skip_locked: bool = False) -> Record | None:
-        """Read-modify-write under the job's lock. ``change`` edits the record in place and
-        returns False to leave it unchanged. Returns the record as stored, None if absent.
-        (``skip_locked``: honoured by the PostgreSQL store; here the lock is always waited for.)"""
+        """Read-modify-write under the job's lock. ``change`` edits the record in place (attribute
+        assignments, each validated) and returns False to leave it unchanged. Returns the record as
+        stored, None if absent. (``skip_locked``: honoured by the PostgreSQL store; here the lock is
+        always waited for.)"""
         with self.locked(job_id):
             record = self.get(job_id)
             if record is None:
                 return None
             if change(record) is False:
                 return record
-            record["updated_at"] = self.now()
-            write_json_atomic(self.record_path(job_id), record, durable=durable)
+            record.updated_at = self.now()
+            write_json_atomic(self.record_path(job_id), record.to_json(), durable=durable)
             return record
 
     def transition(self, job_id: str, to: str, allowed_from: set[str] | frozenset[str], *, by: str | None = None,
                    reason: str = "", owner: str | None = None, **fields: Any) -> Record | None:
         """Move the job to ``to`` if its state is in ``allowed_from`` (and, with ``owner``, only
-        while that owner holds the lease). Returns the new record, or None when refused."""
+        while that owner holds the lease), setting ``fields`` too. Returns the new record, or None
+        when refused."""
         done: dict[str, bool] = {"ok": False}
 
         def change(r: Record) -> bool:
-            if r["state"] not in allowed_from or (owner is not None and (r.get("lease") or {}).get("owner") != owner):
+            if r.state not in allowed_from or (owner is not None and _lease_owner(r) != owner):
                 if to in TERMINAL:
-                    r["refused_transitions"] = r.get("refused_transitions", 0) + 1
+                    r.refused_transitions += 1
                     return True
                 return False
             now = self.now()
-            r["transitions"].append({"from": r["state"], "to": to, "at": now, "by": by or process_owner(), "reason": reason})
-            r["state"] = to
+            r.transitions.append(Transition(from_=r.state, to=to, at=now, by=by or process_owner(), reason=reason))
+            r.state = to
             if to in TERMINAL:
-                r["terminal_transitions"] = r.get("terminal_transitions", 0) + 1
-                r["finished_at"] = now
-                r["lease"] = None
+                r.terminal_transitions += 1
+                r.finished_at = now
+                r.lease = None
                 if to != SUCCEEDED:
-                    r["stage"] = to
-            r.update(fields)
+                    r.stage = to
+            for name, value in fields.items():
+                setattr(r, name, value)
             done["ok"] = True
             return True
 
@@ -263,12 +284,11 @@ class JobStore:
 
     # --- leases (which worker runs a job)
     def lease_expired(self, record: Record, lease_timeout_s: float) -> bool:
-        lease = record.get("lease") or {}
-        if record.get("state") != RUNNING:
+        if record.state != RUNNING:
             return False
-        if not lease:
+        if record.lease is None:
             return True
-        return owner_is_dead(lease.get("owner")) or self.now() - lease.get("heartbeat_at", 0) > lease_timeout_s
+        return owner_is_dead(record.lease.owner) or self.now() - record.lease.heartbeat_at > lease_timeout_s
 
     def claim(self, job_id: str, owner: str, lease_timeout_s: float) -> Record | None:
         """queued -> running for ``owner`` (or take over a running job whose lease expired, or
@@ -279,18 +299,19 @@ class JobStore:
         claimed: dict[str, bool] = {"ok": False}
 
         def change(r: Record) -> bool:
-            state = r["state"]
-            left_behind = state == RUNNING and (r.get("lease") or {}).get("owner") == owner
+            state = r.state
+            left_behind = state == RUNNING and _lease_owner(r) == owner
             if state == QUEUED or (state == RUNNING and (left_behind or self.lease_expired(r, lease_timeout_s))):
                 now = self.now()
                 if state == RUNNING:
                     why = "left behind by this process" if left_behind else "expired"
-                    r["transitions"].append({"from": RUNNING, "to": QUEUED, "at": now, "by": owner,
-                                             "reason": f"lease of {(r.get('lease') or {}).get('owner')} {why}"})
-                r["transitions"].append({"from": QUEUED, "to": RUNNING, "at": now, "by": owner, "reason": "claimed"})
-                r.update(state=RUNNING, stage="starting", message="starting", attempts=r.get("attempts", 0) + 1,
-                         lease={"owner": owner, "heartbeat_at": now, "since": now})
-                r["started_at"] = r.get("started_at") or now
+                    r.transitions.append(Transition(from_=RUNNING, to=QUEUED, at=now, by=owner,
+                                                    reason=f"lease of {_lease_owner(r)} {why}"))
+                r.transitions.append(Transition(from_=QUEUED, to=RUNNING, at=now, by=owner, reason="claimed"))
+                r.state, r.stage, r.message = RUNNING, "starting", "starting"
+                r.attempts += 1
+                r.lease = Lease(owner=owner, heartbeat_at=now, since=now)
+                r.started_at = r.started_at or now
                 claimed["ok"] = True
                 return True
             return False
@@ -303,10 +324,11 @@ class JobStore:
         held = {"ok": False}
 
         def change(r: Record) -> bool:
-            if r["state"] != RUNNING or (r.get("lease") or {}).get("owner") != owner:
+            if r.state != RUNNING or r.lease is None or r.lease.owner != owner:
                 return False
-            r["lease"]["heartbeat_at"] = self.now()
-            r.update(fields)
+            r.lease.heartbeat_at = self.now()
+            for name, value in fields.items():
+                setattr(r, name, value)
             held["ok"] = True
             return True
 
@@ -319,22 +341,22 @@ class JobStore:
         for r in self.by_state(RUNNING):
             if not self.lease_expired(r, lease_timeout_s):
                 continue
-            old = (r.get("lease") or {}).get("owner")
+            old = _lease_owner(r)
             flag = {"ok": False}
 
             def change(rec: Record, old=old, flag=flag) -> bool:
-                if rec["state"] != RUNNING or (rec.get("lease") or {}).get("owner") != old or not self.lease_expired(rec, lease_timeout_s):
+                if rec.state != RUNNING or _lease_owner(rec) != old or not self.lease_expired(rec, lease_timeout_s):
                     return False
-                rec["transitions"].append({"from": RUNNING, "to": QUEUED, "at": self.now(), "by": by or process_owner(),
-                                           "reason": f"lease of {old} expired"})
-                rec.update(state=QUEUED, stage="queued", message="re-queued: its worker stopped", lease=None)
-                rec["published"] = {**rec["published"], "epoch": None, "at": None}
+                rec.transitions.append(Transition(from_=RUNNING, to=QUEUED, at=self.now(), by=by or process_owner(),
+                                                  reason=f"lease of {old} expired"))
+                rec.state, rec.stage, rec.message, rec.lease = QUEUED, "queued", "re-queued: its worker stopped", None
+                rec.published = Published(count=rec.published.count)
                 flag["ok"] = True
                 return True
 
-            self.update(r["id"], change, skip_locked=True)  # a row being written is alive: next sweep
+            self.update(r.id, change, skip_locked=True)  # a row being written is alive: next sweep
             if flag["ok"]:
-                requeued.append(r["id"])
+                requeued.append(r.id)
         return requeued
 
     # --- deleting patient data
@@ -344,20 +366,25 @@ class JobStore:
         record = self.get(job_id)
         if record is None:
             return None
-        in_use = {u for r in self.all() if r["id"] != job_id and r.get("purged_at") is None for u in r.get("uploads", [])}
+        in_use = {u for r in self.all() if r.id != job_id and r.purged_at is None for u in getattr(r, "uploads", [])}
         shutil.rmtree(self.results_dir(job_id), ignore_errors=True)
         kept = []
-        for upload_id in record.get("uploads", []):
+        for upload_id in getattr(record, "uploads", []):
             if upload_id in in_use:
                 kept.append(upload_id)
             elif valid_id(upload_id):
                 shutil.rmtree(self.upload_dir(upload_id), ignore_errors=True)
 
         def change(r: Record) -> None:
-            r.update(purged_at=self.now(), purge_reason=reason, purge_requested=False, summary=None, results=None,
-                     uploads_kept=kept)
+            r.purged_at, r.purge_reason, r.purge_requested, r.summary = self.now(), reason, False, None
+            if isinstance(r, JobRecord):
+                r.results, r.uploads_kept = None, kept
 
         return self.update(job_id, change)
+
+
+def _lease_owner(record: Record) -> str | None:
+    return record.lease.owner if record.lease is not None else None
 
 
 def open_store(settings, records: str = "jobs") -> JobStore:

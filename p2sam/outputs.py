@@ -19,22 +19,17 @@ import imaging
 from imaging import Volume
 
 from .followup import FollowupResult
-from .preview import CONTOUR, binary_entropy, save_preview
-from .qc import QcThresholds, target_qc
+from .preview import CONTOUR, save_preview
+from .qc import QcThresholds, binary_entropy, target_qc
+from .records import TargetResult
 from .review_sheet import write_review_sheet
 
-RESULT_FILE = "result.json"
+RESULT_FILE = TargetResult.FILE
 
 
-def target_done(out_dir: Path, name: str) -> dict[str, Any] | None:
-    """The summary of an already finished target, or None (idempotent re-runs skip it)."""
-    result = out_dir / name / RESULT_FILE
-    if result.is_file():
-        try:
-            return json.loads(result.read_text())
-        except json.JSONDecodeError:
-            return None
-    return None
+def target_done(out_dir: Path, name: str) -> TargetResult | None:
+    """The result of an already finished target, or None (idempotent re-runs skip it)."""
+    return TargetResult.read(out_dir / name)
 
 
 def write_target(
@@ -48,8 +43,8 @@ def write_target(
     window: str | tuple[float, float],
     min_island_mm2: float | None,
     qc_thresholds: QcThresholds | None = None,
-) -> dict[str, Any]:
-    """Write every requested artifact for one target; returns the target summary (result.json)."""
+) -> TargetResult:
+    """Write every requested artifact for one target; returns its result (as in result.json)."""
     tmp = staging_folder(out_dir, name)
     files: dict[str, str] = {}
     notes: list[str] = []
@@ -102,8 +97,7 @@ def write_target(
         "files": files,
         **provenance,
     }
-    publish(tmp, out_dir / name, summary)
-    return summary
+    return publish(tmp, out_dir / name, summary)
 
 
 def staging_folder(out_dir: Path, name: str) -> Path:
@@ -115,12 +109,15 @@ def staging_folder(out_dir: Path, name: str) -> Path:
     return tmp
 
 
-def publish(tmp: Path, final: Path, summary: dict[str, Any]) -> None:
-    """Write result.json into the staging folder, then rename it into place (atomic)."""
-    (tmp / RESULT_FILE).write_text(json.dumps(summary, indent=2, default=_json_default))
+def publish(tmp: Path, final: Path, summary: dict[str, Any]) -> TargetResult:
+    """Write result.json (``summary`` as a TargetResult) into the staging folder, then rename the
+    folder into place (atomic); returns the result."""
+    result = TargetResult.model_validate(json.loads(json.dumps(summary, default=_json_default)))  # JSON types only
+    (tmp / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    return result
 
 
 def slice_summary(s) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from typing import Any
 
 from .batchstore import write_visits
 from .jobstore import JobStore
+from .records import JobRecord
 from .settings import Settings
 
 
-def patient_folder(store: JobStore, record: dict[str, Any]) -> Path:
+def patient_folder(store: JobStore, record: JobRecord) -> Path:
     """Where the task writes its visits: results/<batch id>/<patient id>/."""
-    return store.results_dir(record["batch"]["id"]) / record["batch"]["patient"]
+    return store.results_dir(record.batch.id) / record.batch.patient
 
 
 def _absolute(entry: dict[str, Any], data_dir: Path) -> dict[str, Any]:
@@ -31,14 +32,14 @@ def _absolute(entry: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     return {**entry, "prior": prior, "visits": visits}
 
 
-def run_patient(record: dict[str, Any], store: JobStore, settings: Settings, pool, reporter) -> dict[str, Any]:
+def run_patient(record: JobRecord, store: JobStore, settings: Settings, pool, reporter) -> dict[str, Any]:
     """Run (or resume) the task's patient; returns the fields its succeeded record gets.
 
     ``reporter`` is the runner's progress / cancel / lease object (p2sam.runner._Reporter)."""
     from .batch import Manifest, PatientEntry, run_batch
     from .pipeline import run_job
 
-    spec = record["spec"]
+    spec = record.spec
     patient = PatientEntry.model_validate(_absolute(spec["patient"], store.data_dir))
     n = len(patient.visits)
     state = {"done": 0, "errors": 0}
@@ -65,7 +66,7 @@ def run_patient(record: dict[str, Any], store: JobStore, settings: Settings, poo
                           visits_done=visits_done, visit_errors=state["errors"])
 
     t0 = time.perf_counter()
-    reports = run_batch(Manifest(patients=[patient]), store.results_dir(record["batch"]["id"]), chain=spec["chain"],
+    reports = run_batch(Manifest(patients=[patient]), store.results_dir(record.batch.id), chain=spec["chain"],
                         overrides=spec["defaults"], progress=visit_done, run=run, report_files=False)
     write_visits(patient_folder(store, record), [r.__dict__ for r in reports])
     scored = [r.dice for r in reports if r.dice is not None]

@@ -126,33 +126,33 @@ class PgJobStore(JobStore):
         with self._connection() as conn:
             row = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s AND id = %s",
                                (self.kind, job_id)).fetchone()
-        return row[0] if row else None
+        return self.load(row[0]) if row else None
 
     def all(self) -> Iterator[Record]:
         with self._connection() as conn:
             rows = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s ORDER BY created_at",
                                 (self.kind,)).fetchall()
-        yield from (r[0] for r in rows)
+        yield from self.load_listed(r[0] for r in rows)
 
     def by_state(self, *states: str) -> list[Record]:
         with self._connection() as conn:
             rows = conn.execute("SELECT record FROM p2sam_records WHERE kind = %s AND state = ANY(%s) ORDER BY created_at",
                                 (self.kind, list(states))).fetchall()
-        return [r[0] for r in rows]
+        return self.load_listed(r[0] for r in rows)
 
     # --- writing
-    def create(self, record: Record) -> Record:
+    def create(self, record: Record | dict[str, Any]) -> Record:
         from psycopg.errors import UniqueViolation
 
-        if not valid_id(record.get("id", "")):
-            raise KeyError(record.get("id"))
         base = self._new_record(record)
+        if not valid_id(base.id):
+            raise KeyError(base.id)
         try:
             with self._connection() as conn:
                 conn.execute("INSERT INTO p2sam_records (kind, id, state, created_at, record) VALUES (%s, %s, %s, %s, %s)",
-                             (self.kind, base["id"], base.get("state"), base["created_at"], _jsonb(base)))
+                             (self.kind, base.id, base.state, base.created_at, _jsonb(base)))
         except UniqueViolation:
-            raise FileExistsError(base["id"]) from None
+            raise FileExistsError(base.id) from None
         return base
 
     def update(self, job_id: str, change: Callable[[Record], bool | None], durable: bool = True,
@@ -167,24 +167,24 @@ class PgJobStore(JobStore):
                                (self.kind, job_id)).fetchone()
             if row is None:
                 return None
-            record, clock = row
+            record, clock = self.load(row[0]), row[1]
             outer = getattr(self._local, "clock", None), getattr(self._local, "tx", None)
             self._local.clock, self._local.tx = clock, conn  # change() may read or write in this transaction
             try:
                 if change(record) is False:
                     return record
-                record["updated_at"] = clock
+                record.updated_at = clock
             finally:
                 self._local.clock, self._local.tx = outer
             conn.execute("UPDATE p2sam_records SET record = %s, state = %s WHERE kind = %s AND id = %s",
-                         (_jsonb(record), record.get("state"), self.kind, job_id))
+                         (_jsonb(record), record.state, self.kind, job_id))
             return record
 
 
 def _jsonb(record: Record) -> Any:
     from psycopg.types.json import Jsonb
 
-    return Jsonb(record, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+    return Jsonb(record.to_json(), dumps=lambda v: json.dumps(v, separators=(",", ":")))
 
 
 __all__ = ["PgJobStore", "StoreUnavailable", "SCHEMA", "close_pools"]

@@ -25,6 +25,7 @@ import p2sam
 from .followup import JobCancelled, segment_followup, segment_structures
 from .modelpool import ModelPool, default_pool, sampler_config
 from .outputs import target_done, write_target
+from .records import JobSummary, TargetResult
 from .qc import thresholds_from_card
 from .settings import Settings, get_settings
 from .spec import JobSpec, window_arg
@@ -70,8 +71,9 @@ def run_job(
     is_cancelled: Callable[[], bool] | None = None,
     settings: Settings | None = None,
     on_model: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Segment every target of ``spec``; returns the job summary (also in each result.json).
+) -> JobSummary:
+    """Segment every target of ``spec``; returns the job summary (each target's TargetResult is
+    also its result.json).
 
     Arguments:
       spec: the job (local paths: prior image + contour, targets, outputs, model, sampler, ...).
@@ -85,9 +87,10 @@ def run_job(
         status can show it while the job still runs.
 
     Returns:
-      ``{model, method, ..., "targets": [per-target summary: found, volume_ml / area_mm2, QC review,
-      flagged slices, warnings, files]}``. Arrays never leave the files: masks are ``(z, y, x)``
-      on the target's grid, contours in DICOM patient coordinates (LPS, mm).
+      a :class:`p2sam.records.JobSummary`: provenance (model, method, engine, sampler, prior), one
+      :class:`p2sam.records.TargetResult` per target (found, QC with volume_ml / area_mm2 and the
+      review flag, flagged slices, warnings, files), seconds. Arrays never leave the files: masks
+      are ``(z, y, x)`` on the target's grid, contours in DICOM patient coordinates (LPS, mm).
     """
     settings = settings or get_settings()
     pool = pool or default_pool()
@@ -136,7 +139,7 @@ def run_job(
     if on_model is not None:
         on_model(provenance["model"])
     names = target_names(spec)
-    targets: list[dict[str, Any]] = []
+    targets: list[TargetResult] = []
     n = len(spec.targets)
     for i, (target_spec, name) in enumerate(zip(spec.targets, names)):
         if is_cancelled is not None and is_cancelled():
@@ -171,11 +174,7 @@ def run_job(
         report("writing", start + 0.9 * span, f"target {i + 1}/{n}: writing results")
         targets.append(write_target(out_dir, name, target, result, set(spec.outputs), roi_name, provenance, window, settings.min_island_mm2, qc_thresholds))
     report("done", 1.0, "finished")
-    return {
-        **provenance,
-        "targets": [_brief(t) for t in targets],
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return JobSummary(**provenance, targets=targets, seconds=round(time.perf_counter() - t0, 3))
 
 
 def roi_warnings(requested: str | None, matched: str) -> list[str]:
@@ -235,29 +234,6 @@ def _roi_arg(roi: str | None) -> str | int | None:
 
 def _config_dict(cfg) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
-
-
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    """What the job record keeps per target (the full detail stays in result.json)."""
-    qc = summary.get("qc", {})
-    extra = {}
-    if "structures" in summary:  # a multi-ROI job: each structure's own QC
-        extra["structures"] = [{"name": s["name"], "found": s["found"], "volume_ml": s["qc"].get("volume_ml"),
-                                "area_mm2": s["qc"].get("area_mm2"), "review": s["qc"].get("review"),
-                                "flagged_slices": [f["z"] for f in s["qc"].get("flagged_slices", [])]}
-                               for s in summary["structures"]]
-    return {
-        "target": summary["target"],
-        "found": summary.get("found"),
-        "volume_ml": qc.get("volume_ml"),
-        "area_mm2": qc.get("area_mm2"),
-        "review": qc.get("review"),
-        "flagged_slices": [f["z"] for f in qc.get("flagged_slices", [])],
-        "files": summary.get("files", {}),
-        "warnings": summary.get("warnings", []),
-        "notes": summary.get("notes", []),
-        **extra,
-    }
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

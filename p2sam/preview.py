@@ -12,16 +12,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .qc import binary_entropy
+
 CONTOUR = (40, 230, 90)
 PRIOR_CONTOUR = (80, 160, 255)
 POSITIVE = (40, 230, 90)
 NEGATIVE = (255, 60, 60)
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Per-pixel entropy of a probability map, in bits (0 = certain, 1 = p of 0.5)."""
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

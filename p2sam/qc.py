@@ -15,13 +15,18 @@ import numpy as np
 from imaging import Volume
 
 from .followup import FollowupResult
-from .preview import binary_entropy
 
 # Fallbacks for a model whose card carries no calibrated thresholds. A slice is flagged for
 # review when its uncertainty samples agree less than MIN_SAMPLE_DICE (mean pairwise Dice), when
 # the prior's parts matched it worse than the model's max_distance (Wasserstein distance of the
 # chosen candidate), or when the structure was expected there (registration) and not found.
 MIN_SAMPLE_DICE = 0.85
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Per-pixel entropy of a probability map, in bits (0 = certain, 1 = p of 0.5)."""
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import INTERNAL, INVALID_INPUT, STORAGE_UNAVAILABLE, classify, public_detail
 from .jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, is_transient_io_error, process_owner
+from .records import Artifact, JobRecord, Problem, TargetResult, TargetSummary
 from .settings import Settings
 
 log = logging.getLogger("p2sam.worker")
@@ -26,16 +27,16 @@ log = logging.getLogger("p2sam.worker")
 MEDIA_TYPES = {".dcm": "application/dicom", ".gz": "application/gzip", ".png": "image/png", ".json": "application/json"}
 
 
-def problem(status: int, title: str, detail: str, slug: str) -> dict[str, Any]:
+def problem(status: int, title: str, detail: str, slug: str) -> Problem:
     """An RFC 7807 problem object as stored in a failed job's ``error``."""
-    return {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}
+    return Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail)
 
 
-def job_spec(record: dict[str, Any], data_dir: Path):
+def job_spec(record: JobRecord, data_dir: Path):
     """The record's JobSpec with its data_dir-relative paths made absolute for this host."""
     from .spec import JobSpec
 
-    raw = dict(record["spec"])
+    raw = dict(record.spec)
     raw["prior_image"] = str(data_dir / raw["prior_image"])
     raw["prior_mask"] = str(data_dir / raw["prior_mask"])
     raw["targets"] = [{**t, "path": str(data_dir / t["path"])} for t in raw["targets"]]
@@ -89,9 +90,9 @@ class _Reporter:
             return
         self._seen |= set(new)
 
-        def change(r: dict) -> None:
+        def change(r: JobRecord) -> None:
             for name in new:
-                r["writes"][name] = r["writes"].get(name, 0) + 1
+                r.writes[name] = r.writes.get(name, 0) + 1
 
         self.store.update(self.job_id, change)
 
@@ -115,25 +116,26 @@ class _Reporter:
         now = time.monotonic()
         if now - self._last_check >= 1.0:
             self._last_check = now
-            record = self.store.get(self.job_id) or {}
-            self._cancelled = bool(record.get("cancel_requested"))
+            record = self.store.get(self.job_id)
+            self._cancelled = record is not None and record.cancel_requested
         return self._cancelled
 
 
-def artifact_manifest(out_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per target: its QC summary and every file with size and sha256 (served by the API)."""
-    targets = []
-    for t in summary["targets"]:
-        folder = out_dir / t["target"]
-        artifacts = []
-        for kind, file_name in sorted({**t.get("files", {}), "result": "result.json"}.items()):
-            path = folder / file_name
-            if not path.is_file():
-                continue
-            artifacts.append({"name": file_name, "kind": kind, "size": path.stat().st_size, "sha256": _sha256(path),
-                              "media_type": MEDIA_TYPES.get(path.suffix, "application/octet-stream")})
-        targets.append({**{k: v for k, v in t.items() if k != "files"}, "artifacts": artifacts})
-    return targets
+def target_summaries(out_dir: Path, targets: list[TargetResult]) -> list[TargetSummary]:
+    """What the succeeded job keeps per target: its summary with every file's size and sha256
+    (served by the API, sent by dicomnet)."""
+    return [t.summary(artifacts_of(out_dir / t.target, t)) for t in targets]
+
+
+def artifacts_of(folder: Path, result: TargetResult) -> list[Artifact]:
+    """The files of one written target (those of ``result.files`` and result.json itself)."""
+    artifacts = []
+    for kind, file_name in sorted({**result.files, "result": TargetResult.FILE}.items()):
+        path = folder / file_name
+        if path.is_file():
+            artifacts.append(Artifact(name=file_name, kind=kind, size=path.stat().st_size, sha256=_sha256(path),
+                                      media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream")))
+    return artifacts
 
 
 def _sha256(path: Path) -> str:
@@ -161,7 +163,6 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     stays queued; a running one goes back to queued, the attempt not counted, where its record can
     still be written (PostgreSQL), else stays running until this process takes it again or its
     lease lapses)."""
-    from .batchstore import BatchStore, is_patient_task
     from .patient_task import patient_folder, run_patient
     from .pipeline import JobCancelled, run_job
 
@@ -182,20 +183,20 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
         else:
             log.info("job %s: nothing to do (finished or held by a live worker)", job_id)
         return "skipped"
-    if record["attempts"] > settings.job_max_attempts:
+    if record.attempts > settings.job_max_attempts:
         store.transition(job_id, FAILED, {RUNNING}, owner=owner, reason="too many attempts", error=problem(
             500, "Job kept stopping its worker",
-            f"the job was started {record['attempts'] - 1} times and its worker stopped each time (killed by the "
+            f"the job was started {record.attempts - 1} times and its worker stopped each time (killed by the "
             "hard time limit, out of memory, or a crash); it is not retried again", "worker-lost"))
         return "failed"
-    log.info("job %s: attempt %d on %s", job_id, record["attempts"], owner)
+    log.info("job %s: attempt %d on %s", job_id, record.attempts, owner)
     beat = _Heartbeat(store, job_id, owner, max(1.0, min(20.0, settings.lease_timeout_s / 6)))
     beat.start()
-    patient = is_patient_task(record)  # one patient of a batch (p2sam/patient_task.py)
+    patient = record.is_patient_task  # one patient of a batch (p2sam/patient_task.py)
     out_dir = patient_folder(store, record) if patient else store.results_dir(job_id)
     reporter = _Reporter(store, job_id, owner, settings, beat, out_dir)
     try:
-        if not patient and record.get("pull"):  # inputs named by study / series UIDs: from the PACS first (dicomnet.pull)
+        if not patient and record.pull:  # inputs named by study / series UIDs: from the PACS first (dicomnet.pull)
             from dicomnet.pull import pull_inputs
 
             record = pull_inputs(record, store, settings, reporter.progress, reporter.is_cancelled)
@@ -207,14 +208,14 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
                     spec = job_spec(record, store.data_dir)
                     summary = run_job(spec, out_dir, pool=pool, progress=reporter.progress,
                                       on_model=lambda model: reporter.progress("loading", 0.04, "model loaded",
-                                                                               model={**record.get("model", {}), **model}),
+                                                                               model={**record.model.model_dump(), **model}),
                                       is_cancelled=reporter.is_cancelled, settings=settings)
                 break
             except Exception as exc:
                 if not is_transient_io_error(exc) or retry == settings.transient_retries:
                     raise
                 log.warning("job %s: transient I/O error (%s), retry %d in %d s", job_id, type(exc).__name__, retry + 1, 2 ** retry)
-                store.update(job_id, lambda r: r.update(retries=r.get("retries", 0) + 1))
+                store.update(job_id, _count_retry)
                 time.sleep(2 ** retry)
         reporter.count_new_outputs()
         _clean_partial_outputs(out_dir)
@@ -222,10 +223,11 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
             done = store.transition(job_id, SUCCEEDED, {RUNNING}, owner=owner, reason="finished", stage="done",
                                     progress=1.0, message="finished", **outcome)
             return SUCCEEDED if done else "skipped"
-        warnings = sorted({w for t in summary["targets"] for w in t.get("warnings", [])})
+        warnings = sorted({w for t in summary.targets for w in t.warnings})
         done = store.transition(job_id, SUCCEEDED, {RUNNING}, owner=owner, reason="finished", stage="done", progress=1.0,
-                                message="finished", summary=summary, results=artifact_manifest(out_dir, summary),
-                                warnings=warnings, model={**record.get("model", {}), **summary["model"]})
+                                message="finished", summary=summary.provenance(),
+                                results=target_summaries(out_dir, summary.targets), warnings=warnings,
+                                model={**record.model.model_dump(), **summary.model})
         log.info("job %s: %s", job_id, "succeeded" if done else "finished, but another worker took it over")
         return SUCCEEDED if done else "skipped"
     except JobCancelled:
@@ -237,7 +239,8 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
             log.info("job %s: lease lost, stopped", job_id)
             return "skipped"
         store.transition(job_id, CANCELLED, {RUNNING}, owner=owner, reason="cancel requested", message="cancelled")
-        if (store.get(job_id) or {}).get("purge_requested"):
+        latest = store.get(job_id)
+        if latest is not None and latest.purge_requested:
             store.purge(job_id, "deleted by its owner")
         log.info("job %s: cancelled", job_id)
         return CANCELLED
@@ -252,7 +255,7 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
             with contextlib.suppress(Exception):  # a record on the volume cannot say so (it stays running: the
                 # lease decides); one in PostgreSQL goes back to queued, this attempt not counted
                 store.transition(job_id, QUEUED, {RUNNING}, owner=owner, reason="the data volume is not writable",
-                                 attempts=record["attempts"] - 1, lease=None, stage="queued",
+                                 attempts=record.attempts - 1, lease=None, stage="queued",
                                  message="waiting: the data volume is not writable")
             return "deferred"
         if meaning is INTERNAL:
@@ -268,15 +271,21 @@ def execute_job(job_id: str, store: JobStore, settings: Settings, pool=None,
     finally:
         beat.stop.set()
         if patient:  # the batch's state and, once every patient is done, its report (else maintenance does it)
+            from .batchstore import BatchStore
+
             try:
-                BatchStore(store).settle(record["batch"]["id"])
+                BatchStore(store).settle(record.batch.id)
             except Exception as exc:
-                log.warning("batch %s: could not settle (%s)", record["batch"]["id"], type(exc).__name__, exc_info=exc)
+                log.warning("batch %s: could not settle (%s)", record.batch.id, type(exc).__name__, exc_info=exc)
 
 
-def _fail(store: JobStore, job_id: str, owner: str, error: dict[str, Any]) -> str:
-    done = store.transition(job_id, FAILED, {RUNNING}, owner=owner, reason=error["title"], message=error["title"], error=error)
+def _count_retry(r: JobRecord) -> None:
+    r.retries += 1
+
+
+def _fail(store: JobStore, job_id: str, owner: str, error: Problem) -> str:
+    done = store.transition(job_id, FAILED, {RUNNING}, owner=owner, reason=error.title, message=error.title, error=error)
     return FAILED if done else "skipped"
 
 
-__all__ = ["execute_job", "job_spec", "artifact_manifest", "problem", "QUEUED"]
+__all__ = ["execute_job", "job_spec", "target_summaries", "artifacts_of", "problem", "QUEUED"]

@@ -104,8 +104,7 @@ def write_structures_target(
         "files": files,
         **provenance,
     }
-    publish(tmp, out_dir / name, summary)
-    return summary
+    return publish(tmp, out_dir / name, summary)
 
 
 def _structure_files(tmp: Path, name: str, target: Volume, item: StructureResult, outputs: set[str],

@@ -9,20 +9,20 @@ dependencies (``record: ReadJob`` in a route's signature: the record, or 404 / 4
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Union
 
 from fastapi import Depends, Request
 
-from p2sam.batchstore import is_patient_task
+from p2sam.records import BatchRecord, JobRecord
 
 from .auth import Principal, principal, require
 from .problems import Problem
 
-Record = dict[str, Any]
+Record = Union[JobRecord, BatchRecord]
 
 
 def owns(who: Principal, record: Record) -> bool:
-    return record.get("owner", {}).get("key_id") == who.key_id
+    return record.owner.key_id == who.key_id
 
 
 def may_read(who: Principal, record: Record) -> bool:
@@ -39,7 +39,7 @@ def _authorize(request: Request, who: Principal, record: Record, kind: str, acti
     """``record`` if ``who`` may read it (with ``write``: change it, ``verb`` saying how); else 403, audited."""
     if allowed(who, record, write):
         return record
-    rid = record["id"]
+    rid = record.id
     request.app.state.services.audit.write(who, action, **{f"{kind}_id": rid}, outcome="denied", status=403)
     need = "admin, or the submitting key" if write else "read, or being the submitting key"
     raise Problem(403, f"this API key ('{who.name}') may not {verb if write else 'read'} {kind} {rid} (needs: {need})",
@@ -57,8 +57,8 @@ def job_access(action: str, *, write: bool = False, verb: str = "delete") -> Cal
 
     def dependency(request: Request, job_id: str, who: Principal = Depends(principal)) -> Record:
         record = request.app.state.services.store.get(job_id)
-        if record is None or is_patient_task(record):
-            hint = f" (it is a patient of batch {record['batch']['id']}: see /v1/batches)" if record else ""
+        if record is None or record.is_patient_task:
+            hint = f" (it is a patient of batch {record.batch.id}: see /v1/batches)" if record else ""
             raise _not_found(request, who, "job", job_id, action, f"job {job_id} not found{hint}")
         return _authorize(request, who, record, "job", action, write, verb)
 
@@ -78,7 +78,7 @@ def batch_access(action: str, *, write: bool = False) -> Callable[..., Record]:
     return dependency
 
 
-def upload_access(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> Record:
+def upload_access(request: Request, upload_id: str, who: Principal = Depends(require("submit"))) -> dict[str, Any]:
     """Dependency: the manifest of upload ``{upload_id}``, for the key that sent it or an admin (else 404)."""
     manifest = request.app.state.services.uploads.manifest(upload_id)
     if manifest is None or (not who.is_admin and manifest.get("owner") != who.key_id):
@@ -86,13 +86,13 @@ def upload_access(request: Request, upload_id: str, who: Principal = Depends(req
     return manifest
 
 
-ReadJob = Annotated[Record, Depends(job_access("job.read"))]
-ReadResults = Annotated[Record, Depends(job_access("results.read"))]
-DownloadArtifact = Annotated[Record, Depends(job_access("artifact.download"))]
-DeleteJob = Annotated[Record, Depends(job_access("job.delete", write=True))]
-ReviewJob = Annotated[Record, Depends(job_access("review.create", write=True, verb="review"))]
-DeliverJob = Annotated[Record, Depends(job_access("job.deliveries", write=True, verb="send the results of"))]
-ReadBatch = Annotated[Record, Depends(batch_access("batch.read"))]
-ReadBatchReport = Annotated[Record, Depends(batch_access("batch.report"))]
-DeleteBatch = Annotated[Record, Depends(batch_access("batch.delete", write=True))]
-OwnUpload = Annotated[Record, Depends(upload_access)]
+ReadJob = Annotated[JobRecord, Depends(job_access("job.read"))]
+ReadResults = Annotated[JobRecord, Depends(job_access("results.read"))]
+DownloadArtifact = Annotated[JobRecord, Depends(job_access("artifact.download"))]
+DeleteJob = Annotated[JobRecord, Depends(job_access("job.delete", write=True))]
+ReviewJob = Annotated[JobRecord, Depends(job_access("review.create", write=True, verb="review"))]
+DeliverJob = Annotated[JobRecord, Depends(job_access("job.deliveries", write=True, verb="send the results of"))]
+ReadBatch = Annotated[BatchRecord, Depends(batch_access("batch.read"))]
+ReadBatchReport = Annotated[BatchRecord, Depends(batch_access("batch.report"))]
+DeleteBatch = Annotated[BatchRecord, Depends(batch_access("batch.delete", write=True))]
+OwnUpload = Annotated[dict[str, Any], Depends(upload_access)]

@@ -16,8 +16,7 @@ import p2sam
 from p2sam.settings import Settings, get_settings
 
 from . import problems
-from .headers import SecurityHeaders
-from .limits import BodySizeLimit
+from .middleware import BodySizeLimit, SecurityHeaders
 from .openapi_deployment import describe_deployment
 from .routes import ROUTERS
 from .services import Services

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from p2sam.records import BatchRecord
 from p2sam.spec import OutputName
 
 from .problems import ProblemModel
@@ -100,18 +101,18 @@ class BatchOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, r: dict[str, Any], progress: dict[str, Any]) -> "BatchOut":
-        base = f"/v1/batches/{r['id']}"
+    def of(cls, r: BatchRecord, progress: dict[str, Any]) -> "BatchOut":
+        base = f"/v1/batches/{r.id}"
         links = {"self": base}
-        if r["state"] in ("succeeded", "failed") and not r.get("purged_at"):
+        if r.state in ("succeeded", "failed") and not r.purged_at:
             links.update(report=f"{base}/report", report_csv=f"{base}/report.csv")
-            links.update({f"plot:{p['id']}": f"{base}/plots/{p['id']}" for p in r["patients"]})
-        started = next((t["at"] for t in r.get("transitions", []) if t["to"] == "running"), None)
-        return cls(id=r["id"], state=r["state"], message=r.get("message", ""), created_at=ts(r["created_at"]),
-                   started_at=ts(started), finished_at=ts(r.get("finished_at")), chain=r["chain"], defaults=r["defaults"],
+            links.update({f"plot:{p['id']}": f"{base}/plots/{p['id']}" for p in r.patients})
+        started = next((t.at for t in r.transitions if t.to == "running"), None)
+        return cls(id=r.id, state=r.state, message=r.message, created_at=ts(r.created_at),
+                   started_at=ts(started), finished_at=ts(r.finished_at), chain=r.chain, defaults=r.defaults,
                    done=progress["done"], total=progress["total"], errors=progress["errors"],
-                   progress=progress["progress"], patients=progress["patients"], summary=r.get("summary"),
-                   cancel_requested=bool(r.get("cancel_requested")), purged=r.get("purged_at") is not None, links=links)
+                   progress=progress["progress"], patients=progress["patients"], summary=r.summary,
+                   cancel_requested=r.cancel_requested, purged=r.purged_at is not None, links=links)
 
 
 class BatchListOut(BaseModel):

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from p2sam.batch import PatientEntry, visit_name
-from p2sam.batchstore import PATIENT_TASK
 from p2sam.jobstore import new_id
+from p2sam.records import PATIENT_TASK, BatchRecord, JobRecord
 from p2sam.spec import JobSpec
 
 from .auth import Principal
@@ -57,7 +57,7 @@ def _prefixed(where: str, resolve, *args, **kwargs):
         raise
 
 
-def build(services, who: Principal, body: BatchIn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build(services, who: Principal, body: BatchIn, digest: str | None = None) -> tuple[BatchRecord, list[JobRecord]]:
     """The batch record and its patient tasks (404/422 when an upload does not fit)."""
     defaults = body.defaults.model_dump(mode="json")
     defaults["outputs"] = sorted(set(defaults["outputs"]) | {"nifti"})
@@ -82,37 +82,37 @@ def build(services, who: Principal, body: BatchIn) -> tuple[dict[str, Any], list
         names = [v["name"] for v in entry["visits"]]
         n = len(names)
         patients.append({"id": p.id, "task": task_id, "visits": n, "visit_names": names})
-        tasks.append({"id": task_id, "kind": PATIENT_TASK, "owner": owner, "queue": "batch",
-                      "batch": {"id": batch_id, "patient": p.id, "index": i},
-                      "spec": {"patient": entry, "chain": body.chain, "defaults": defaults},
-                      "uploads": sorted(used), "targets": names, "model": {"requested": defaults["model"]},
-                      "visits_done": 0, "visit_errors": 0,
-                      "soft_time_limit": settings.job_soft_time_limit_s * n, "time_limit": settings.job_hard_time_limit_s * n})
-    batch = {"id": batch_id, "owner": owner, "chain": body.chain, "defaults": defaults, "patients": patients,
-             "request": body.model_dump(mode="json")}
+        tasks.append(JobRecord(id=task_id, kind=PATIENT_TASK, owner=owner, queue="batch",
+                               batch={"id": batch_id, "patient": p.id, "index": i},
+                               spec={"patient": entry, "chain": body.chain, "defaults": defaults},
+                               uploads=sorted(used), targets=names, model={"requested": defaults["model"]},
+                               soft_time_limit=settings.job_soft_time_limit_s * n,
+                               time_limit=settings.job_hard_time_limit_s * n))
+    batch = BatchRecord(id=batch_id, owner=owner, chain=body.chain, defaults=defaults, patients=patients,
+                        request=body.model_dump(mode="json"), body_hash=digest)
     return batch, tasks
 
 
-def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+def submit_batch(services, who: Principal, body: BatchIn, idempotency_key: str | None) -> tuple[BatchRecord, bool]:
     """Store (or find, for a replayed Idempotency-Key) the batch; returns (record, replayed)."""
     digest = body_hash(body)
     batches = services.batches
     if idempotency_key is None:
-        batch, tasks = build(services, who, body)
-        record = batches.create({**batch, "body_hash": digest}, tasks)
+        record = batches.create(*build(services, who, body, digest))
     else:
-        def draft() -> tuple[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
-            batch, tasks = build(services, who, body)
-            return batch["id"], (batch, tasks)
+        def draft() -> tuple[str, tuple[BatchRecord, list[JobRecord]]]:
+            batch, tasks = build(services, who, body, digest)
+            return batch.id, (batch, tasks)
 
-        def create(made: tuple[dict[str, Any], list[dict[str, Any]]], stem: str) -> dict[str, Any]:
+        def create(made: tuple[BatchRecord, list[JobRecord]], stem: str) -> BatchRecord:
             batch, tasks = made
-            return batches.create({**batch, "body_hash": digest, "idempotency": stem}, tasks)
+            batch.idempotency = stem
+            return batches.create(batch, tasks)
 
         record, replayed = services.idempotency.replay_or_create(who, idempotency_key, digest, "batch", batches.get,
                                                                  draft, create)
         if replayed:
             return record, True
-    for p in record["patients"]:
+    for p in record.patients:
         services.enqueue(p["task"])
     return record, False

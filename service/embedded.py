@@ -40,8 +40,8 @@ class EmbeddedExecutor:
 
     def next_job(self) -> str | None:
         queued = self.store.by_state(QUEUED)
-        queued.sort(key=lambda r: (r.get("queue") != "interactive", r.get("created_at", 0)))
-        return queued[0]["id"] if queued else None
+        queued.sort(key=lambda r: (r.queue != "interactive", r.created_at))
+        return queued[0].id if queued else None
 
     def _loop(self) -> None:
         from p2sam.runner import execute_job

@@ -57,9 +57,9 @@ class Maintenance:
         else:
             s.store.requeue_expired(s.settings.lease_timeout_s)
         for r in s.store.all():
-            if r["state"] in TERMINAL and r.get("purge_requested") and not r.get("purged_at"):
-                s.store.purge(r["id"], "deleted by its owner")
-                s.audit.write("maintenance", "job.purge", job_id=r["id"], reason="deleted while running")
+            if r.state in TERMINAL and r.purge_requested and not r.purged_at:
+                s.store.purge(r.id, "deleted by its owner")
+                s.audit.write("maintenance", "job.purge", job_id=r.id, reason="deleted while running")
         cutoff = time.time() - s.settings.retention_hours * 3600 if s.settings.retention_hours > 0 else None
         for batch_id in s.batches.sweep(retention_cutoff=cutoff):
             s.audit.write("retention", "batch.purge", batch_id=batch_id)
@@ -70,10 +70,10 @@ class Maintenance:
         s = self.services
         used: set[str] = set()
         for r in s.store.all():
-            used.update(r.get("uploads", []))
-            if r["state"] in TERMINAL and not r.get("purged_at") and (r.get("finished_at") or 0) < cutoff:
-                s.store.purge(r["id"], "retention")
-                s.audit.write("retention", "job.purge", job_id=r["id"])
+            used.update(r.uploads)
+            if r.state in TERMINAL and not r.purged_at and (r.finished_at or 0) < cutoff:
+                s.store.purge(r.id, "retention")
+                s.audit.write("retention", "job.purge", job_id=r.id)
         for folder in (s.store.data_dir / "uploads").iterdir():
             if valid_id(folder.name) and folder.name not in used and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)

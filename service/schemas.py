@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imaging.window import PRESETS, WINDOW_PATTERN
+from p2sam.records import JobRecord, Review, TargetSummary
 from p2sam.spec import ALL_OUTPUTS, DEFAULT_SAMPLER, Method, OutputName, Sampler, WindowText, check_rois, MAX_ROIS
 
 from .problems import ProblemModel
@@ -258,8 +259,8 @@ class ReviewOut(BaseModel):
     at: datetime
 
     @classmethod
-    def of(cls, target: str, r: dict[str, Any]) -> "ReviewOut":
-        return cls(target=target, decision=r["decision"], comment=r.get("comment"), by=r["by"], at=ts(r["at"]))
+    def of(cls, target: str, r: Review) -> "ReviewOut":
+        return cls(target=target, decision=r.decision, comment=r.comment, by=r.by or "", at=ts(r.at))
 
 
 class DeliveryOut(BaseModel):
@@ -329,19 +330,19 @@ class JobOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, r: dict[str, Any]) -> "JobOut":
-        links = {"self": f"/v1/jobs/{r['id']}"}
-        if r["state"] == "succeeded" and not r.get("purged_at"):
-            links["results"] = f"/v1/jobs/{r['id']}/results"
-        return cls(id=r["id"], state=r["state"], stage=r["stage"], progress=r["progress"], message=r["message"],
-                   queue=r.get("queue", "interactive"), created_at=ts(r["created_at"]), started_at=ts(r["started_at"]),
-                   finished_at=ts(r["finished_at"]), model=ModelRef.model_validate(_model(r.get("model") or {})),
-                   targets=r.get("targets", []), warnings=r.get("warnings", []), error=r.get("error"),
-                   attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested")),
-                   purged=r.get("purged_at") is not None, links=links,
-                   reviews={t: ReviewOut.of(t, v) for t, v in (r.get("reviews") or {}).items()},
-                   destinations=(r.get("dicom") or {}).get("destinations") or [],
-                   deliveries=[DeliveryOut.of(d) for d in r.get("deliveries") or []])
+    def of(cls, r: JobRecord) -> "JobOut":
+        links = {"self": f"/v1/jobs/{r.id}"}
+        if r.state == "succeeded" and not r.purged_at:
+            links["results"] = f"/v1/jobs/{r.id}/results"
+        return cls(id=r.id, state=r.state, stage=r.stage, progress=r.progress, message=r.message,
+                   queue=r.queue, created_at=ts(r.created_at), started_at=ts(r.started_at),
+                   finished_at=ts(r.finished_at), model=ModelRef.model_validate(r.model.model_dump()),
+                   targets=r.targets, warnings=r.warnings, error=r.error.model_dump(exclude_none=True) if r.error else None,
+                   attempts=r.attempts, cancel_requested=r.cancel_requested,
+                   purged=r.purged_at is not None, links=links,
+                   reviews={t: ReviewOut.of(t, v) for t, v in r.reviews.items()},
+                   destinations=r.dicom.destinations if r.dicom else [],
+                   deliveries=[DeliveryOut.of(d) for d in r.deliveries])
 
 
 class JobListOut(BaseModel):
@@ -349,10 +350,6 @@ class JobListOut(BaseModel):
     total: int = Field(description="jobs matching the filter (before limit/offset)")
     limit: int
     offset: int
-
-
-def _model(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("requested", "name", "sha256", "backbone")} | {"requested": m.get("requested", "auto")}
 
 
 class ArtifactOut(BaseModel):
@@ -387,6 +384,12 @@ class TargetResultOut(BaseModel):
     notes: list[str] = Field(default_factory=list, description="information, not problems (e.g. which files a picture gets)")
     structures: list[StructureResultOut] | None = Field(None, description="multi-ROI jobs (prior.rois): per structure")
     artifacts: list[ArtifactOut]
+
+    @classmethod
+    def of(cls, t: TargetSummary, base_url: str) -> "TargetResultOut":
+        """The stored summary with each artifact's download URL (``base_url/<name>``)."""
+        return cls(**t.model_dump(exclude={"artifacts", "files"}),
+                   artifacts=[ArtifactOut(**a.model_dump(), url=f"{base_url}/{a.name}") for a in t.artifacts])
 
 
 class ResultsOut(BaseModel):

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from p2sam.jobstore import file_lock, new_id, write_json_atomic
+from p2sam.records import JobRecord
 from p2sam.spec import JobSpec
 
 from .auth import Principal
@@ -30,7 +31,7 @@ from .schemas import JobIn
 
 
 async def audited_submit(services, who: Principal, action: str, submit_fn: Callable, body: BaseModel,
-                         idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+                         idempotency_key: str | None) -> tuple[Any, bool]:
     """``submit_fn(services, who, body, key)`` in the thread pool; a refusal of any kind (a bug's 500
     too) is audited as ``action`` rejected, with its status, then raised."""
     from fastapi.concurrency import run_in_threadpool
@@ -138,7 +139,7 @@ def check_key(key: str) -> None:
         raise Problem(400, "Idempotency-Key: 1-255 visible ASCII characters (e.g. a UUID)", slug="bad-idempotency-key")
 
 
-def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
+def build_record(services, who: Principal, body: JobIn, digest: str | None = None) -> JobRecord:
     """The job record for a request (resolving uploads: 404/422 when they do not fit; inputs on a
     PACS are planned here and pulled by the worker: dicomnet.pull)."""
     uploads = services.uploads
@@ -171,14 +172,10 @@ def build_record(services, who: Principal, body: JobIn) -> dict[str, Any]:
                    model=body.model, method=body.method, n_samples=body.n_samples, sampler=body.sampler,
                    window=body.window, slice_margin=body.slice_margin, roi_name_out=body.roi_name_out)
     upload_ids = sorted({p.upload_id, mask_upload, *(t.upload_id for t in body.targets), *(e["upload_id"] for e in pulls)} - {None})
-    record = {"id": new_id(), "owner": {"key_id": who.key_id, "name": who.name}, "queue": body.queue,
-              "request": body.model_dump(mode="json"), "spec": spec.model_dump(mode="json"), "uploads": upload_ids,
-              "targets": names, "model": {"requested": body.model}}
-    if pulls:
-        record["pull"] = pulls
-    if body.destinations is not None:
-        record["dicom"] = {"destinations": _destinations(services, body.destinations)}
-    return record
+    return JobRecord(id=new_id(), owner={"key_id": who.key_id, "name": who.name}, queue=body.queue,
+                     request=body.model_dump(mode="json"), spec=spec.model_dump(mode="json"), uploads=upload_ids,
+                     targets=names, model={"requested": body.model}, pull=pulls or None, body_hash=digest,
+                     dicom=None if body.destinations is None else {"destinations": _destinations(services, body.destinations)})
 
 
 def _pacs(services, role: str, ref) -> dict[str, Any]:
@@ -208,21 +205,24 @@ def _destinations(services, names: list[str]) -> list[str]:
     return names
 
 
-def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+def submit(services, who: Principal, body: JobIn, idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store (or find, for a replayed Idempotency-Key) the job; returns (record, replayed)."""
     digest = body_hash(body)
     if idempotency_key is None:
-        record = services.store.create({**build_record(services, who, body), "body_hash": digest})
-        services.enqueue(record["id"])
+        record = services.store.create(build_record(services, who, body, digest))
+        services.enqueue(record.id)
         return record, False
 
-    def build() -> tuple[str, dict[str, Any]]:
-        draft = build_record(services, who, body)
-        return draft["id"], draft
+    def build() -> tuple[str, JobRecord]:
+        draft = build_record(services, who, body, digest)
+        return draft.id, draft
 
-    record, replayed = services.idempotency.replay_or_create(
-        who, idempotency_key, digest, "job", services.store.get, build,
-        lambda draft, stem: services.store.create({**draft, "body_hash": digest, "idempotency": stem}))
+    def create(draft: JobRecord, stem: str) -> JobRecord:
+        draft.idempotency = stem
+        return services.store.create(draft)
+
+    record, replayed = services.idempotency.replay_or_create(who, idempotency_key, digest, "job", services.store.get,
+                                                             build, create)
     if not replayed:
-        services.enqueue(record["id"])
+        services.enqueue(record.id)
     return record, replayed

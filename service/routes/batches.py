@@ -37,10 +37,10 @@ async def create_batch(request: Request, body: BatchIn, response: Response, who:
     with ground-truth masks; one task per patient runs on the batch queue. 202 + Location."""
     services = request.app.state.services
     record, replayed = await audited_submit(services, who, "batch.submit", submit_batch, body, idempotency_key)
-    services.audit.write(who, "batch.submit", batch_id=record["id"], outcome="replayed" if replayed else "ok",
-                         patients=len(record["patients"]))
+    services.audit.write(who, "batch.submit", batch_id=record.id, outcome="replayed" if replayed else "ok",
+                         patients=len(record.patients))
     out = await run_in_threadpool(_out, request, record)
-    return accepted(response, out, f"/v1/batches/{record['id']}", replayed)
+    return accepted(response, out, f"/v1/batches/{record.id}", replayed)
 
 
 @router.get("", response_model=BatchListOut, responses=documented(401))
@@ -48,7 +48,7 @@ def list_batches(request: Request, who: Principal = Depends(principal), state: S
                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> BatchListOut:
     """The batches this key may read, newest first (``read``: all; ``submit``: its own)."""
     services = request.app.state.services
-    records = [r for r in services.batches.all() if may_read(who, r) and (state is None or r["state"] == state)]
+    records = [r for r in services.batches.all() if may_read(who, r) and (state is None or r.state == state)]
     records.reverse()
     page = records[offset:offset + limit]
     services.audit.write(who, "batch.list", count=len(page))
@@ -58,17 +58,17 @@ def list_batches(request: Request, who: Principal = Depends(principal), state: S
 @router.get("/{batch_id}", response_model=BatchOut, responses=documented(401, 403, 404))
 def get_batch(request: Request, batch_id: str, record: ReadBatch, who: Principal = Depends(principal)) -> BatchOut:
     """State, overall and per-patient progress (visits done / total, errors, attempts), summary when finished."""
-    request.app.state.services.audit.write(who, "batch.read", batch_id=batch_id, state=record["state"])
+    request.app.state.services.audit.write(who, "batch.read", batch_id=batch_id, state=record.state)
     return _out(request, record)
 
 
 def _report_file(request: Request, record: dict, who: Principal, name: str) -> tuple[dict, object]:
-    batch_id = record["id"]
-    if record.get("purged_at"):
+    batch_id = record.id
+    if record.purged_at:
         raise Problem(410, f"batch {batch_id} was purged (deleted or past retention); its report is gone", slug="purged")
-    if record["state"] not in TERMINAL or record["state"] == "cancelled":
-        raise Problem(409, f"batch {batch_id} is {record['state']}; its report exists once every patient has finished "
-                      f"(GET /v1/batches/{batch_id} shows the progress)", slug="not-finished", state=record["state"])
+    if record.state not in TERMINAL or record.state == "cancelled":
+        raise Problem(409, f"batch {batch_id} is {record.state}; its report exists once every patient has finished "
+                      f"(GET /v1/batches/{batch_id} shows the progress)", slug="not-finished", state=record.state)
     path = request.app.state.services.batches.folder(batch_id) / name
     if not path.is_file():
         raise Problem(404, f"batch {batch_id} has no {name}", slug="report-not-found")
@@ -100,7 +100,7 @@ def get_plot(request: Request, batch_id: str, patient: str, record: ReadBatchRep
              who: Principal = Depends(principal)):
     """The patient's structure volume over visits with the samples' 90% band (PNG)."""
     record, _ = _report_file(request, record, who, "report.json")
-    if patient not in [p["id"] for p in record["patients"]]:  # ids come from the manifest, never from the URL
+    if patient not in [p["id"] for p in record.patients]:  # ids come from the manifest, never from the URL
         raise Problem(404, f"batch {batch_id} has no patient '{patient}'", slug="patient-not-found")
     path = request.app.state.services.batches.folder(batch_id) / patient / "volume.png"
     if not path.is_file():
@@ -116,6 +116,6 @@ def delete_batch(request: Request, batch_id: str, record: DeleteBatch, who: Prin
     200 when done; 202 while running patients are being stopped (purged when they stop)."""
     services = request.app.state.services
     record = services.batches.cancel(batch_id, who.name)
-    status = 200 if record.get("purged_at") else 202
-    services.audit.write(who, "batch.delete", batch_id=batch_id, state=record["state"], purged=status == 200)
+    status = 200 if record.purged_at else 202
+    services.audit.write(who, "batch.delete", batch_id=batch_id, state=record.state, purged=status == 200)
     return JSONResponse(_out(request, record).model_dump(mode="json"), status_code=status)

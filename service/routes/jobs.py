@@ -12,14 +12,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from p2sam.batchstore import is_patient_task
 from p2sam.jobstore import CANCELLED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
+from p2sam.records import JobRecord
 from p2sam.runner import MEDIA_TYPES
 
 from ..access import DeleteJob, DeliverJob, DownloadArtifact, ReadJob, ReadResults, may_read
 from ..auth import Principal, principal, require
 from ..problems import Problem, documented
-from ..schemas import DeliveriesIn, DeliveriesOut, DeliveryOut, JobIn, JobListOut, JobOut, ResultsOut
+from ..schemas import DeliveriesIn, DeliveriesOut, DeliveryOut, JobIn, JobListOut, JobOut, ResultsOut, TargetResultOut
 from ..submit import accepted, audited_submit, idempotency_header, submit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -31,8 +31,8 @@ def list_jobs(request: Request, who: Principal = Depends(principal),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=1_000_000)) -> JobListOut:
     """The jobs this key may read, newest first (``read``: all; ``submit``: its own); filter by state."""
     services = request.app.state.services
-    records = [r for r in services.store.all() if not is_patient_task(r) and may_read(who, r)
-               and (state is None or r["state"] == state)]
+    records = [r for r in services.store.all() if not r.is_patient_task and may_read(who, r)
+               and (state is None or r.state == state)]
     records.reverse()
     page = records[offset:offset + limit]
     services.audit.write(who, "job.list", count=len(page))
@@ -46,23 +46,23 @@ async def create_job(request: Request, body: JobIn, response: Response, who: Pri
     a replay of an Idempotency-Key with the same body answers 200 with the same job."""
     services = request.app.state.services
     record, replayed = await audited_submit(services, who, "job.submit", submit, body, idempotency_key)
-    services.audit.write(who, "job.submit", job_id=record["id"], outcome="replayed" if replayed else "ok")
-    return accepted(response, JobOut.of(record), f"/v1/jobs/{record['id']}", replayed)
+    services.audit.write(who, "job.submit", job_id=record.id, outcome="replayed" if replayed else "ok")
+    return accepted(response, JobOut.of(record), f"/v1/jobs/{record.id}", replayed)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=documented(401, 403, 404))
 def get_job(request: Request, job_id: str, record: ReadJob, who: Principal = Depends(principal)) -> JobOut:
     """State (queued, running, succeeded, failed, cancelled), stage, progress, model, warnings, error."""
-    request.app.state.services.audit.write(who, "job.read", job_id=job_id, state=record["state"])
+    request.app.state.services.audit.write(who, "job.read", job_id=job_id, state=record.state)
     return JobOut.of(record)
 
 
-def _finished(record: dict) -> None:
-    if record.get("purged_at"):
-        raise Problem(410, f"job {record['id']} was purged (deleted or past retention); its results are gone", slug="purged")
-    if record["state"] != SUCCEEDED:
-        raise Problem(409, f"job {record['id']} is {record['state']}; results exist once it has succeeded",
-                      slug="not-finished", state=record["state"])
+def _finished(record: JobRecord) -> None:
+    if record.purged_at:
+        raise Problem(410, f"job {record.id} was purged (deleted or past retention); its results are gone", slug="purged")
+    if record.state != SUCCEEDED:
+        raise Problem(409, f"job {record.id} is {record.state}; results exist once it has succeeded",
+                      slug="not-finished", state=record.state)
 
 
 @router.get("/{job_id}/results", response_model=ResultsOut, responses=documented(401, 403, 404, 409, 410))
@@ -70,15 +70,9 @@ def get_results(request: Request, job_id: str, record: ReadResults, who: Princip
     """Per target: found, volume, QC review flag, flagged slices, warnings, artifacts (size, sha256, url)."""
     _finished(record)
     request.app.state.services.audit.write(who, "results.read", job_id=job_id)
-    summary = record.get("summary") or {}
-    targets = []
-    for t in record.get("results") or []:
-        artifacts = [{**a, "url": f"/v1/jobs/{job_id}/artifacts/{t['target']}/{a['name']}"} for a in t["artifacts"]]
-        targets.append({"target": t["target"], "found": t.get("found"), "volume_ml": t.get("volume_ml"),
-                        "area_mm2": t.get("area_mm2"), "review": t.get("review"),
-                        "flagged_slices": t.get("flagged_slices") or [], "warnings": t.get("warnings") or [],
-                        "notes": t.get("notes") or [], "structures": t.get("structures"), "artifacts": artifacts})
-    return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record["model"]["requested"]},
+    summary = record.summary or {}
+    targets = [TargetResultOut.of(t, f"/v1/jobs/{job_id}/artifacts/{t.target}") for t in record.results or []]
+    return ResultsOut(job_id=job_id, model={**summary.get("model", {}), "requested": record.model.requested},
                       method=summary.get("method"), targets=targets)
 
 
@@ -102,7 +96,7 @@ def post_deliveries(request: Request, job_id: str, body: DeliveriesIn, record: D
         raise Problem(422, str(exc), slug="unknown-peer") from None
     services.audit.write(who, "job.deliveries", job_id=job_id, destinations=body.destinations, again=body.again,
                          requeued=len(due))
-    shown = (services.store.get(job_id) or record).get("deliveries") or []
+    shown = (services.store.get(job_id) or record).deliveries
     return DeliveriesOut(job_id=job_id, requeued=due, deliveries=[DeliveryOut.of(d) for d in shown])
 
 
@@ -116,19 +110,19 @@ def get_artifact(request: Request, job_id: str, target: str, name: str, record: 
                  who: Principal = Depends(principal), if_none_match: str | None = Header(None, alias="If-None-Match")):
     """Download one result file; ETag = its sha256 (If-None-Match -> 304)."""
     _finished(record)
-    entry = next((a for t in record.get("results") or [] if t["target"] == target for a in t["artifacts"] if a["name"] == name), None)
+    entry = next((a for t in record.results or [] if t.target == target for a in t.artifacts if a.name == name), None)
     if entry is None:
         raise Problem(404, f"job {job_id} has no artifact '{name}' for target '{target}' (see its /results)", slug="artifact-not-found")
-    folder = next(t for t in record["targets"] if t == target)  # the job's own name, not the URL segment
+    folder = next(t for t in record.targets if t == target)  # the job's own name, not the URL segment
     root = request.app.state.services.store.results_dir(job_id).resolve()
-    path = (root / folder / entry["name"]).resolve()
+    path = (root / folder / entry.name).resolve()
     if root not in path.parents or not path.is_file():  # names come from the manifest; belt and braces
         raise Problem(404, f"artifact '{name}' of target '{target}' is missing", slug="artifact-not-found")
-    etag = f'"{entry["sha256"]}"'
+    etag = f'"{entry.sha256}"'
     if if_none_match and etag in [v.strip() for v in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     request.app.state.services.audit.write(who, "artifact.download", job_id=job_id, target=target, artifact=name)
-    return FileResponse(path, media_type=entry["media_type"], filename=f"{target}_{entry['name']}",
+    return FileResponse(path, media_type=entry.media_type, filename=f"{target}_{entry.name}",
                         headers={"ETag": etag, "Cache-Control": "private, no-store"})
 
 
@@ -141,18 +135,18 @@ def delete_job(request: Request, job_id: str, record: DeleteJob, who: Principal 
     services = request.app.state.services
     store = services.store
     status = 200
-    if record["state"] == QUEUED:
+    if record.state == QUEUED:
         store.transition(job_id, CANCELLED, {QUEUED}, reason=f"deleted by {who.name}", message="cancelled")
 
-    def request_purge(r: dict) -> None:
-        if r["state"] in (QUEUED, RUNNING):
-            r["cancel_requested"] = True  # the worker stops at its next check, then purges
-        r["purge_requested"] = True
+    def request_purge(r: JobRecord) -> None:
+        if r.state in (QUEUED, RUNNING):
+            r.cancel_requested = True  # the worker stops at its next check, then purges
+        r.purge_requested = True
 
     record = store.update(job_id, request_purge) or record
-    if record["state"] in TERMINAL:
+    if record.state in TERMINAL:
         record = store.purge(job_id, f"deleted by {who.name}") or record
     else:
         status = 202
-    services.audit.write(who, "job.delete", job_id=job_id, state=record["state"], purged=record.get("purged_at") is not None)
+    services.audit.write(who, "job.delete", job_id=job_id, state=record.state, purged=record.purged_at is not None)
     return JSONResponse(JobOut.of(record).model_dump(mode="json"), status_code=status)

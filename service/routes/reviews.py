@@ -11,6 +11,8 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
+from p2sam.records import Review
+
 from ..access import ReviewJob
 from ..auth import Principal, principal
 from ..problems import Problem, documented
@@ -28,19 +30,19 @@ def create_review(request: Request, job_id: str, body: ReviewIn, record: ReviewJ
     per target is kept in the job (``reviews``) and every decision is audited."""
     services = request.app.state.services
     _finished(record)
-    if body.target not in record.get("targets", []):
+    if body.target not in record.targets:
         raise Problem(422, f"target: job {job_id} has no target '{body.target}'; its targets: "
-                      f"{', '.join(record.get('targets', [])) or 'none'}", slug="target-not-found")
+                      f"{', '.join(record.targets) or 'none'}", slug="target-not-found")
     comment = (body.comment or "").strip() or None
     if body.decision == "rejected" and comment is None:
         raise Problem(422, "comment: say why the result is rejected (a comment is required to reject a target)",
                       slug="comment-required")
     review = {"decision": body.decision, "comment": comment, "by": who.name, "by_key_id": who.key_id, "at": time.time()}
 
-    def change(r: dict) -> None:
-        r.setdefault("reviews", {})[body.target] = review
+    def change(r) -> None:
+        r.reviews = {**r.reviews, body.target: review}
 
     if services.store.update(job_id, change) is None:
         raise Problem(404, f"job {job_id} not found", slug="job-not-found")
     services.audit.write(who, "review.create", job_id=job_id, target=body.target, decision=body.decision)
-    return ReviewOut.of(body.target, review)
+    return ReviewOut.of(body.target, Review(**review))

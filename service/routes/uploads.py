@@ -61,7 +61,7 @@ def delete_upload(request: Request, upload_id: str, manifest: OwnUpload,
                   who: Principal = Depends(principal)) -> Response:
     """Delete an upload no queued or running job uses (audited)."""
     services = request.app.state.services
-    busy = [r["id"] for r in services.store.by_state(*ACTIVE) if upload_id in r.get("uploads", [])]
+    busy = [r.id for r in services.store.by_state(*ACTIVE) if upload_id in r.uploads]
     if busy:
         raise Problem(409, f"upload {upload_id} is used by job(s) still queued or running: {', '.join(busy)}", slug="upload-in-use")
     services.uploads.discard(upload_id)

@@ -62,20 +62,20 @@ def artifacts(example, tmp_path_factory) -> Path:
     return out
 
 
-def finished_job(store: JobStore, artifacts: Path, target: str = "followup1", destinations: list[str] | None = None) -> dict:
+def finished_job(store: JobStore, artifacts: Path, target: str = "followup1", destinations: list[str] | None = None):
     """A succeeded job (as the worker leaves it) with a target's RTSTRUCT, SEG and probability SEG."""
-    from worker.runner import artifact_manifest
+    from p2sam.records import JobRecord, TargetResult
+    from p2sam.runner import target_summaries
 
     job_id = new_id()
     out = store.results_dir(job_id) / target
     shutil.copytree(artifacts, out)
     files = {"rtstruct": "rtstruct.dcm", "seg": "seg.dcm", "probability_seg": "probability_seg.dcm"}
-    (out / "result.json").write_text(json.dumps({"target": target, "files": files}))
-    summary = {"targets": [{"target": target, "found": True, "files": files}]}
-    record = {"id": job_id, "targets": [target], "model": {"requested": "auto"}, "spec": {}, "uploads": []}
-    if destinations is not None:  # None: the job named none (P2SAM_DICOM_DESTINATIONS applies)
-        record["dicom"] = {"destinations": destinations}
-    store.create(record)
+    result = TargetResult(target=target, found=True, files=files)
+    (out / "result.json").write_text(json.dumps(result.to_json()))
+    # None: the job named no destinations (P2SAM_DICOM_DESTINATIONS applies)
+    dicom = None if destinations is None else {"destinations": destinations}
+    store.create(JobRecord(id=job_id, targets=[target], dicom=dicom))
     store.transition(job_id, RUNNING, {"queued"}, reason="test")
-    store.transition(job_id, SUCCEEDED, {RUNNING}, reason="test", results=artifact_manifest(store.results_dir(job_id), summary))
+    store.transition(job_id, SUCCEEDED, {RUNNING}, reason="test", results=target_summaries(store.results_dir(job_id), [result]))
     return store.get(job_id)

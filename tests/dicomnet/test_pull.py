@@ -55,10 +55,10 @@ def test_prior_and_target_pulled_by_uids(tmp_path, orthanc, example, peer):
     # the prior by its study alone (one image series + its RTSTRUCT), the target by its series alone
     job = pulled_job(store, s, {"peer": peer, "study_uid": prior_study, "roi": "GTV"}, [{"peer": peer, "series_uid": target_series}])
     stages = []
-    record = pull_inputs(store.get(job["id"]), store, s, progress=lambda stage, f, msg, **k: stages.append(msg))
-    assert all(e["done"] for e in record["pull"]) and [e["instances"] for e in record["pull"]] == [17, 16]
+    record = pull_inputs(store.get(job.id), store, s, progress=lambda stage, f, msg, **k: stages.append(msg))
+    assert all(e["done"] for e in record.pull) and [e["instances"] for e in record.pull] == [17, 16]
     assert len(stages) == 2 and f"from {peer}" in stages[0]
-    spec = record["spec"]
+    spec = record.spec
     image = imaging.read_image(s.data_dir / spec["prior_image"])
     assert image.shape[0] == 16 and image.dicom.headers[0].SeriesInstanceUID == prior_series
     assert imaging.list_rois(s.data_dir / spec["prior_mask"]) == ["GTV"]
@@ -66,10 +66,10 @@ def test_prior_and_target_pulled_by_uids(tmp_path, orthanc, example, peer):
     assert mask.any()
     target = imaging.read_image(s.data_dir / spec["targets"][0]["path"])
     assert target.dicom.headers[0].SeriesInstanceUID == target_series
-    manifest = json.loads((s.data_dir / "uploads" / record["pull"][1]["upload_id"] / "manifest.json").read_text())
+    manifest = json.loads((s.data_dir / "uploads" / record.pull[1]["upload_id"] / "manifest.json").read_text())
     assert manifest["owner"] == "k" and manifest["series"][0]["n_slices"] == 16
     again = pull_inputs(record, store, s)  # done entries are not pulled twice
-    assert again["spec"] == spec
+    assert again.spec == spec
 
 
 def test_unknown_series_is_a_404_class_problem(tmp_path, orthanc, example):
@@ -79,14 +79,14 @@ def test_unknown_series_is_a_404_class_problem(tmp_path, orthanc, example):
     peer = "web" if orthanc.has_dicomweb else "pacs"
     job = pulled_job(store, s, {"peer": peer, "series_uid": "1.2.3.4.5"}, [{"peer": peer, "series_uid": "1.2.3.4.6"}])
     with pytest.raises(NotOnPacs, match="holds no series 1.2.3.4.5") as err:
-        pull_inputs(store.get(job["id"]), store, s)
+        pull_inputs(store.get(job.id), store, s)
     assert classify(err.value) is NOT_ON_PACS and NOT_ON_PACS.status == 404
     # a study with several image series and no series_uid: the caller must choose (422)
     orthanc.upload(example["followup2"])
     study = uids(example["followup1"])[0]
     job = pulled_job(store, s, {"peer": peer, "study_uid": study}, [{"peer": peer, "series_uid": uids(example["followup2"])[1]}])
     with pytest.raises((PullInputError, NotOnPacs)) as err:
-        pull_inputs(store.get(job["id"]), store, s)
+        pull_inputs(store.get(job.id), store, s)
     assert classify(err.value).status in (404, 422)
 
 
@@ -103,9 +103,9 @@ def test_pacs_down_is_retried_then_pulled(tmp_path, orthanc, example):
     starter = threading.Timer(3.0, orthanc.start)
     starter.start()
     t0 = time.monotonic()
-    record = pull_inputs(store.get(job["id"]), store, s, progress=lambda st, f, msg, **k: messages.append(msg))
+    record = pull_inputs(store.get(job.id), store, s, progress=lambda st, f, msg, **k: messages.append(msg))
     starter.join()
-    assert time.monotonic() - t0 >= 2.5 and all(e["done"] for e in record["pull"])
+    assert time.monotonic() - t0 >= 2.5 and all(e["done"] for e in record.pull)
     assert any("retry 2 of 30" in m for m in messages), messages
 
 
@@ -117,6 +117,6 @@ def test_pacs_down_for_good_fails_503_after_the_attempts(tmp_path, orthanc, exam
     for peer in sorted(peers_of(orthanc)):
         job = pulled_job(store, s, {"peer": peer, "study_uid": "1.2.3"}, [{"peer": peer, "series_uid": "1.2.4"}])
         with pytest.raises(PacsUnavailable, match="gave up after 3 attempts") as err:
-            pull_inputs(store.get(job["id"]), store, s)
-        assert classify(err.value) is PACS_UNAVAILABLE and not store.get(job["id"])["pull"][0]["done"]
+            pull_inputs(store.get(job.id), store, s)
+        assert classify(err.value) is PACS_UNAVAILABLE and not store.get(job.id).pull[0]["done"]
     assert classify(PullInputError("x")) is INVALID_INPUT

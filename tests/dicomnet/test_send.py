@@ -62,13 +62,13 @@ def test_cstore_sends_rtstruct_and_segs_once(tmp_path, orthanc, example, artifac
     store = JobStore(s.data_dir)
     job = finished_job(store, artifacts, destinations=["pacs"])
     gw = Gateway(s, store)
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {DELIVERED})
     assert orthanc.count() == 3
-    check_results_in_pacs(orthanc, example, store.results_dir(job["id"]))
+    check_results_in_pacs(orthanc, example, store.results_dir(job.id))
     for _ in range(3):
         gw.run_once()  # nothing is sent twice once acknowledged
-    assert orthanc.count() == 3 and all(d["sends"] == 1 for d in gw.outbox.for_job(job["id"]))
-    shown = store.get(job["id"])["deliveries"]
+    assert orthanc.count() == 3 and all(d["sends"] == 1 for d in gw.outbox.for_job(job.id))
+    shown = store.get(job.id).deliveries
     assert {(d["artifact"], d["destination"], d["protocol"], d["state"], d["attempts"]) for d in shown} == {
         (a, "pacs", "c-store", DELIVERED, 1) for a in ("rtstruct.dcm", "seg.dcm", "probability_seg.dcm")}
     actions = [e["action"] for e in __import__("service.audit", fromlist=["AuditLog"]).AuditLog(s.data_dir).read()]
@@ -82,9 +82,9 @@ def test_server_default_destinations_apply_to_jobs_naming_none(tmp_path, orthanc
     gw = Gateway(s, store)
     job = finished_job(store, artifacts)
     named_none = finished_job(store, artifacts, destinations=[])
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
-    assert orthanc.count() == 3 and gw.outbox.for_job(named_none["id"]) == []
-    assert store.get(job["id"])["dicom"]["destinations"] == ["pacs"]
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {DELIVERED})
+    assert orthanc.count() == 3 and gw.outbox.for_job(named_none.id) == []
+    assert store.get(job.id).dicom.destinations == ["pacs"]
 
 
 def test_stow_rs_sends_rtstruct_and_segs(tmp_path, orthanc, example, artifacts):
@@ -94,10 +94,10 @@ def test_stow_rs_sends_rtstruct_and_segs(tmp_path, orthanc, example, artifacts):
     store = JobStore(s.data_dir)
     job = finished_job(store, artifacts, destinations=["web"])
     gw = Gateway(s, store)
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {DELIVERED})
     assert orthanc.count() == 3
-    check_results_in_pacs(orthanc, example, store.results_dir(job["id"]))
-    assert {d["protocol"] for d in store.get(job["id"])["deliveries"]} == {"stow-rs"}
+    check_results_in_pacs(orthanc, example, store.results_dir(job.id))
+    assert {d["protocol"] for d in store.get(job.id).deliveries} == {"stow-rs"}
 
 
 def test_pacs_down_retries_then_each_artifact_arrives_exactly_once(tmp_path, orthanc, example, artifacts):
@@ -109,17 +109,17 @@ def test_pacs_down_retries_then_each_artifact_arrives_exactly_once(tmp_path, ort
     orthanc.stop()  # the PACS is down when the results are due
     job = finished_job(store, artifacts, destinations=sorted(peers))
     gw = Gateway(s, store)
-    rounds(gw, lambda: all(d["attempts"] >= 2 for d in gw.outbox.for_job(job["id"])))
-    shown = store.get(job["id"])["deliveries"]
+    rounds(gw, lambda: all(d["attempts"] >= 2 for d in gw.outbox.for_job(job.id)))
+    shown = store.get(job.id).deliveries
     assert {d["state"] for d in shown} == {PENDING} and all(d["last_error"] and d["next_attempt_at"] for d in shown)
     assert any("unreachable" in d["last_error"] for d in shown)
     orthanc.start()
     gw = Gateway(s, JobStore(s.data_dir))  # a restarted gateway carries on from the outbox on disk
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {DELIVERED})
     for _ in range(3):
         gw.run_once()
     assert orthanc.count() == 3  # C-STORE and STOW-RS sent the same 3 instances: each stored once
-    assert all(d["state"] == DELIVERED for d in store.get(job["id"])["deliveries"])
+    assert all(d["state"] == DELIVERED for d in store.get(job.id).deliveries)
 
 
 KILL_MID_DELIVERY = """
@@ -147,10 +147,10 @@ def test_sender_killed_mid_delivery_still_exactly_once(tmp_path, orthanc, exampl
     proc = subprocess.run([sys.executable, "-c", KILL_MID_DELIVERY], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -9, proc.stderr
     assert orthanc.count() == 1
-    assert set(states(Gateway(s, store), job["id"]).values()) == {"sending"}  # all three claimed by the dead sender
+    assert set(states(Gateway(s, store), job.id).values()) == {"sending"}  # all three claimed by the dead sender
     gw = Gateway(s, store)
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {DELIVERED})
-    rt = next(d for d in gw.outbox.for_job(job["id"]) if d["artifact"] == "rtstruct.dcm")
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {DELIVERED})
+    rt = next(d for d in gw.outbox.for_job(job.id) if d["artifact"] == "rtstruct.dcm")
     assert rt["sends"] == 2 and rt["attempts"] == 2 and any(h["event"] == "lease expired" for h in rt["history"])
     assert orthanc.count() == 3  # the RTSTRUCT sent twice (same SOP Instance UID) is held once
 
@@ -199,21 +199,21 @@ def test_destination_refusing_a_sop_class_is_shown_and_not_retried(tmp_path, art
     store = JobStore(s.data_dir)
     job = finished_job(store, artifacts, destinations=["strict"])
     gw = Gateway(s, store)
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) <= {DELIVERED, REFUSED})
+    rounds(gw, lambda: set(states(gw, job.id).values()) <= {DELIVERED, REFUSED})
     for _ in range(5):
         gw.run_once()
         time.sleep(0.1)
-    shown = {d["artifact"]: d for d in store.get(job["id"])["deliveries"]}
+    shown = {d["artifact"]: d for d in store.get(job.id).deliveries}
     rt = shown["rtstruct.dcm"]
     assert rt["state"] == REFUSED and rt["attempts"] == 1, rt
     assert "does not accept RT Structure Set Storage" in rt["last_error"]
     assert shown["seg.dcm"]["state"] == DELIVERED and shown["probability_seg.dcm"]["state"] == DELIVERED
     assert len(list(received.iterdir())) == 2
     # re-send on request: tried once more, refused again, not retried after that
-    assert [r["artifact"] for r in gw.outbox.resend(job["id"])] == ["rtstruct.dcm"]
+    assert [r["artifact"] for r in gw.outbox.resend(job.id)] == ["rtstruct.dcm"]
     for _ in range(3):
         gw.run_once()
-    rt = next(d for d in gw.outbox.for_job(job["id"]) if d["artifact"] == "rtstruct.dcm")
+    rt = next(d for d in gw.outbox.for_job(job.id) if d["artifact"] == "rtstruct.dcm")
     assert rt["state"] == REFUSED and rt["sends"] == 2
 
 
@@ -223,8 +223,8 @@ def test_destination_never_answering_is_given_up(tmp_path, example, artifacts):
     store = JobStore(s.data_dir)
     job = finished_job(store, artifacts, destinations=["gone"])
     gw = Gateway(s, store)
-    rounds(gw, lambda: set(states(gw, job["id"]).values()) == {FAILED})
-    assert all(d["attempts"] == 3 and "unreachable" in d["last_error"] for d in store.get(job["id"])["deliveries"])
+    rounds(gw, lambda: set(states(gw, job.id).values()) == {FAILED})
+    assert all(d["attempts"] == 3 and "unreachable" in d["last_error"] for d in store.get(job.id).deliveries)
     for _ in range(3):
         gw.run_once()
-    assert all(d["attempts"] == 3 for d in gw.outbox.for_job(job["id"]))
+    assert all(d["attempts"] == 3 for d in gw.outbox.for_job(job.id))

@@ -1,6 +1,6 @@
 """Headers that claim huge images are refused from the header, before anything is allocated:
 every reader (NIfTI .nii and .nii.gz, DICOM series, SEG, PNG) checks the declared size against
-imaging.limits and, where the file can tell, against the bytes it holds.
+imaging.errors (the size limits) and, where the file can tell, against the bytes it holds.
 
 The readers run in a child process whose address space is capped at 1.5 GB: a reader that
 allocates what the header claims fails there with MemoryError instead of taking the host down;

@@ -70,6 +70,23 @@ def test_a_truncated_file_is_one_clear_error(tmp_path):
         verify_file(path)
 
 
+def test_a_verified_file_is_hashed_again_once_it_changes(tmp_path):
+    """The process remembers a verified file by size and mtime; a same-size file changed in place is refused."""
+    import os
+
+    path = tmp_path / "lite_medsam.pth"
+    data = bytearray(wheel_weights().read_bytes())
+    path.write_bytes(data)
+    verify_file(path)
+    verify_file(path)  # remembered
+    data[-100] ^= 0xFF
+    path.write_bytes(data)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a new mtime even on a coarse clock
+    with pytest.raises(CheckpointError, match="sha256"):
+        verify_file(path)
+
+
 def test_a_lite_medsam_file_is_not_taken_for_another_backbone(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit backbone 'vit_b'"):
         load_model(wheel_weights(), backbone="vit_b")

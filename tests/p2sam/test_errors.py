@@ -100,6 +100,6 @@ def test_worker_reports_a_missing_latent_head_as_422_not_500(tmp_path, model_dir
 
     settings = Settings(data_dir=data, models_dir=model_dir, threads=1)
     assert execute_job(job_id, store, settings, pool=ModelPool(settings)) == FAILED
-    error = store.get(job_id)["error"]
+    error = store.get(job_id).error.model_dump()
     assert error["status"] == 422 and error["type"] == "/problems/invalid-input", error
     assert "latent head" in error["detail"]

@@ -113,7 +113,7 @@ def test_one_rtstruct_with_every_roi_as_in_the_prior(job, two_roi_case):
         ours = imaging.read_mask(out / "visit1" / st["files"]["mask"], target)
         back = imaging.read_mask(out / "visit1" / "rtstruct.dcm", target, st["name"])
         assert ours.any() and np.array_equal(ours, back), st["name"]
-    assert summary["prior"]["rois"] == ["BODY", "GTV"]
+    assert summary.prior["rois"] == ["BODY", "GTV"]
 
 
 def test_one_seg_with_a_segment_per_structure_and_a_label_map(job, two_roi_case):
@@ -146,9 +146,9 @@ def test_result_json_and_job_summary_per_structure(job):
             assert (out / "visit1" / file).is_file()
         assert st["slices"] and st["timings_s"]["decode"] > 0
     assert result["qc"]["review"] == any(s["qc"]["review"] for s in result["structures"])
-    brief = summary["targets"][0]
-    assert [s["name"] for s in brief["structures"]] == ["BODY", "GTV"]
-    assert all(s["volume_ml"] > 0 for s in brief["structures"])
+    brief = summary.targets[0].summary()
+    assert [s.name for s in brief.structures] == ["BODY", "GTV"]
+    assert all(s.volume_ml > 0 for s in brief.structures)
 
 
 def test_named_subset_and_rerun_is_skipped(two_roi_case, settings, pool, tmp_path):
@@ -160,7 +160,7 @@ def test_named_subset_and_rerun_is_skipped(two_roi_case, settings, pool, tmp_pat
     gtv = imaging.read_mask(tmp_path / "visit1" / "GTV_mask.nii.gz", target)
     print(f"GTV Dice on the phantom follow-up (bundled ct_phantom model): {dice(gtv, truth):.3f}")
     again = run_job(_spec(two_roi_case, rois=["GTV"], outputs=["rtstruct", "nifti"]), tmp_path, pool=pool, settings=settings)
-    assert again["targets"][0]["files"] == summary["targets"][0]["files"]
+    assert again.targets[0].files == summary.targets[0].files
 
 
 def test_roi_and_rois_together_are_refused():

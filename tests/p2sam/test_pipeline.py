@@ -36,7 +36,7 @@ def job(example_case, settings, pool, tmp_path_factory):
 
 def test_every_artifact_is_written(job):
     out, summary, _ = job
-    assert [t["target"] for t in summary["targets"]] == ["followup1", "visit2"]
+    assert [t.target for t in summary.targets] == ["followup1", "visit2"]
     for name in ("followup1", "visit2"):
         files = {p.name for p in (out / name).iterdir()}
         assert {"rtstruct.dcm", "seg.dcm", "probability_seg.dcm", "mask.nii.gz", "probability.nii.gz",
@@ -85,7 +85,7 @@ def test_rerun_skips_finished_targets(job, example_case, settings, pool):
     again = run_job(_spec(example_case), out, pool=pool, settings=settings)
     assert {p: p.stat().st_mtime_ns for p in (out / "followup1").iterdir()} == before
     assert (out / "visit2" / "result.json").is_file() and not list(out.glob(".visit2.tmp-*"))
-    assert [t["target"] for t in again["targets"]] == ["followup1", "visit2"]
+    assert [t.target for t in again.targets] == ["followup1", "visit2"]
 
 
 def _cli(*args, env_extra=None):
@@ -162,7 +162,7 @@ def test_case_insensitive_roi_match_is_a_warning(example_case, settings, pool, t
                    targets=[TargetSpec(path=example_case["followup1"])], model="testmodel", n_samples=0,
                    outputs=["rtstruct"])
     summary = run_job(spec, tmp_path, pool=pool, settings=settings)
-    warnings = summary["targets"][0]["warnings"]
+    warnings = summary.targets[0].warnings
     assert any("ROI 'gtv' matched the prior's ROI 'GTV'" in w for w in warnings), warnings
     ds = pydicom.dcmread(tmp_path / "followup1" / "rtstruct.dcm")
     assert ds.StructureSetROISequence[0].ROIName == "GTV"  # the prior's own name, not the user's spelling
@@ -170,7 +170,7 @@ def test_case_insensitive_roi_match_is_a_warning(example_case, settings, pool, t
 
 def test_exact_roi_name_gives_no_warning(job):
     _, summary, _ = job
-    assert not any("ROI" in w for t in summary["targets"] for w in t["warnings"])
+    assert not any("ROI" in w for t in summary.targets for w in t.warnings)
 
 
 def test_rtstruct_colour_is_the_preview_contour_colour(job):

@@ -78,7 +78,7 @@ def test_batch_scores_an_empty_prediction_instead_of_failing_the_visit(tmp_path)
     t[1:3, 1:3] = 255
     Image.fromarray(t).save(truth)
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(out / "mask.png")  # "not found": an empty mask
-    (out / "result.json").write_text(json.dumps({"found": False, "qc": {"volume_ml": 0.0, "flagged_slices": []}}))
+    (out / "result.json").write_text(json.dumps({"target": "7", "found": False, "qc": {"volume_ml": 0.0, "flagged_slices": []}}))
     report = VisitReport(patient="p", visit="7")
     _fill(report, out, VisitEntry(image=str(img), truth=str(truth), name="7"))
     assert report.dice == 0.0 and report.area_px == 0 and report.found is False

@@ -58,6 +58,6 @@ def test_job_on_a_warped_copy_of_the_real_lung_ct(tmp_path):
         out = subprocess.run([exe, "-new", str(rs)], capture_output=True, text=True, timeout=120)
         assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
     dice = volumes.dice(predicted, truth)
-    print(f"lung warped copy: model {summary['model']['name']}, Dice {dice:.3f} (registration only "
+    print(f"lung warped copy: model {summary.model['name']}, Dice {dice:.3f} (registration only "
           f"{volumes.dice(carried, truth):.3f}), registration error {mean_mm:.2f} / {max_mm:.2f} mm")
-    assert summary["targets"][0]["found"]
+    assert summary.targets[0].found

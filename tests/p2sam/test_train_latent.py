@@ -37,5 +37,5 @@ def test_train_latent_then_a_job_samples_with_it(model_dir, example_case, tmp_pa
                    targets=[TargetSpec(path=example_case["followup1"])], model="testmodel", n_samples=3, sampler="latent",
                    outputs=["nifti", "samples"])
     summary = run_job(spec, tmp_path / "out", pool=ModelPool(settings), settings=settings)
-    assert summary["sampler"] == {"kind": "latent", "k": 3}
+    assert summary.sampler == {"kind": "latent", "k": 3}
     assert (tmp_path / "out" / "followup1" / "samples.nii.gz").is_file()

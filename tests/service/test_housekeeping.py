@@ -49,14 +49,14 @@ def test_retention_purges_old_finished_jobs_only(tmp_path):
         store.upload_dir(u).mkdir(parents=True)
     old = store.create({"id": new_id(), "uploads": [old_upload]})
     running = store.create({"id": new_id(), "uploads": [new_upload]})
-    store.claim(old["id"], process_owner(), 60)
-    store.transition(old["id"], SUCCEEDED, {RUNNING})
-    store.results_dir(old["id"]).mkdir()
-    store.update(old["id"], lambda r: r.update(finished_at=time.time() - 7200))
-    store.claim(running["id"], process_owner(), 60)
+    store.claim(old.id, process_owner(), 60)
+    store.transition(old.id, SUCCEEDED, {RUNNING})
+    store.results_dir(old.id).mkdir()
+    store.update(old.id, lambda r: setattr(r, "finished_at", time.time() - 7200))
+    store.claim(running.id, process_owner(), 60)
     services.maintenance.run_once()
-    assert store.get(old["id"])["purged_at"] and store.get(old["id"])["purge_reason"] == "retention"
-    assert not store.results_dir(old["id"]).exists() and not store.upload_dir(old_upload).exists()
-    assert store.get(running["id"])["purged_at"] is None and store.upload_dir(new_upload).exists()
+    assert store.get(old.id).purged_at and store.get(old.id).purge_reason == "retention"
+    assert not store.results_dir(old.id).exists() and not store.upload_dir(old_upload).exists()
+    assert store.get(running.id).purged_at is None and store.upload_dir(new_upload).exists()
     audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    assert {"key": "retention", "action": "job.purge", "job_id": old["id"]}.items() <= audit[0].items()
+    assert {"key": "retention", "action": "job.purge", "job_id": old.id}.items() <= audit[0].items()

@@ -15,7 +15,7 @@ from p2sam.jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobSto
 from tests.conftest import Backend
 
 
-def _job(store: JobStore, **kw) -> dict:
+def _job(store: JobStore, **kw):
     return store.create({"id": new_id(), "uploads": [], **kw})
 
 
@@ -23,22 +23,22 @@ def test_a_terminal_state_is_never_left(tmp_path, make):
     store = make()
     job = _job(store)
     owner = process_owner()
-    assert store.claim(job["id"], owner, 60)["state"] == RUNNING
-    assert store.transition(job["id"], SUCCEEDED, {RUNNING}, owner=owner) is not None
+    assert store.claim(job.id, owner, 60).state == RUNNING
+    assert store.transition(job.id, SUCCEEDED, {RUNNING}, owner=owner) is not None
     for to in (FAILED, CANCELLED, SUCCEEDED):
-        assert store.transition(job["id"], to, {QUEUED, RUNNING}) is None
-    assert store.claim(job["id"], "elsewhere:1", 60) is None
-    rec = store.get(job["id"])
-    assert rec["state"] == SUCCEEDED and rec["terminal_transitions"] == 1 and rec["refused_transitions"] == 3
+        assert store.transition(job.id, to, {QUEUED, RUNNING}) is None
+    assert store.claim(job.id, "elsewhere:1", 60) is None
+    rec = store.get(job.id)
+    assert rec.state == SUCCEEDED and rec.terminal_transitions == 1 and rec.refused_transitions == 3
 
 
 def test_only_the_lease_holder_finishes(tmp_path, make):
     store = make()
     job = _job(store)
-    store.claim(job["id"], "host-a:1", 60)
-    assert store.transition(job["id"], SUCCEEDED, {RUNNING}, owner="host-b:2") is None
-    assert store.claim(job["id"], "host-b:2", 60) is None  # a live lease on another host is respected
-    assert store.get(job["id"])["state"] == RUNNING
+    store.claim(job.id, "host-a:1", 60)
+    assert store.transition(job.id, SUCCEEDED, {RUNNING}, owner="host-b:2") is None
+    assert store.claim(job.id, "host-b:2", 60) is None  # a live lease on another host is respected
+    assert store.get(job.id).state == RUNNING
 
 
 def _claim(data_dir: str, url: str | None, job_id: str, q, done) -> None:
@@ -51,11 +51,11 @@ def test_a_lease_its_own_process_left_behind_is_taken_over(tmp_path, make):
     it again, takes it over at once; another live process still may not."""
     store = make()
     job = _job(store)
-    store.claim(job["id"], "host-a:1:x", 600)
-    assert store.claim(job["id"], "host-b:2:y", 600) is None
-    again = store.claim(job["id"], "host-a:1:x", 600)
-    assert again is not None and again["attempts"] == 2 and again["lease"]["owner"] == "host-a:1:x"
-    assert "left behind by this process" in again["transitions"][-2]["reason"]
+    store.claim(job.id, "host-a:1:x", 600)
+    assert store.claim(job.id, "host-b:2:y", 600) is None
+    again = store.claim(job.id, "host-a:1:x", 600)
+    assert again is not None and again.attempts == 2 and again.lease.owner == "host-a:1:x"
+    assert "left behind by this process" in again.transitions[-2].reason
 
 
 def test_concurrent_claims_have_one_winner(tmp_path, make):
@@ -63,7 +63,7 @@ def test_concurrent_claims_have_one_winner(tmp_path, make):
     job = _job(store)
     ctx = mp.get_context("spawn")
     q, done = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_claim, args=(str(tmp_path), make.url, job["id"], q, done)) for _ in range(4)]
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), make.url, job.id, q, done)) for _ in range(4)]
     for p in procs:
         p.start()
     results = sorted(q.get(timeout=60) for _ in procs)
@@ -71,7 +71,7 @@ def test_concurrent_claims_have_one_winner(tmp_path, make):
     for p in procs:
         p.join(60)
     assert results == [False, False, False, True]
-    assert store.get(job["id"])["attempts"] == 1
+    assert store.get(job.id).attempts == 1
 
 
 def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path, make):
@@ -80,21 +80,21 @@ def test_a_dead_workers_job_is_requeued_and_taken_over(tmp_path, make):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     owner = f"{socket.gethostname()}:{dead.pid}:0badcafe"
-    store.claim(job["id"], owner, 3600)
-    assert store.requeue_expired(3600) == [job["id"]]
-    rec = store.claim(job["id"], process_owner(), 3600)
-    assert rec["attempts"] == 2 and [t["to"] for t in rec["transitions"]] == [QUEUED, RUNNING, QUEUED, RUNNING]
+    store.claim(job.id, owner, 3600)
+    assert store.requeue_expired(3600) == [job.id]
+    rec = store.claim(job.id, process_owner(), 3600)
+    assert rec.attempts == 2 and [t.to for t in rec.transitions] == [QUEUED, RUNNING, QUEUED, RUNNING]
 
 
 def test_heartbeats_keep_a_lease_and_silence_loses_it(tmp_path, make):
     store = make()
     job = _job(store)
-    store.claim(job["id"], "far-host:7", lease_timeout_s=60)
-    assert store.heartbeat(job["id"], "far-host:7", progress=0.5)
+    store.claim(job.id, "far-host:7", lease_timeout_s=60)
+    assert store.heartbeat(job.id, "far-host:7", progress=0.5)
     assert store.requeue_expired(60) == []
     time.sleep(1.1)
-    assert store.requeue_expired(1) == [job["id"]]
-    assert not store.heartbeat(job["id"], "far-host:7")
+    assert store.requeue_expired(1) == [job.id]
+    assert not store.heartbeat(job.id, "far-host:7")
 
 
 def test_purge_keeps_uploads_another_job_uses(tmp_path, make):
@@ -104,11 +104,11 @@ def test_purge_keeps_uploads_another_job_uses(tmp_path, make):
         store.upload_dir(u).mkdir(parents=True)
     a = _job(store, uploads=[shared, own])
     _job(store, uploads=[shared])
-    store.results_dir(a["id"]).mkdir()
-    rec = store.purge(a["id"], "test")
-    assert rec["purged_at"] and rec["uploads_kept"] == [shared]
+    store.results_dir(a.id).mkdir()
+    rec = store.purge(a.id, "test")
+    assert rec.purged_at and rec.uploads_kept == [shared]
     assert store.upload_dir(shared).exists() and not store.upload_dir(own).exists()
-    assert not store.results_dir(a["id"]).exists()
+    assert not store.results_dir(a.id).exists()
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "x" * 32, "", "0" * 31])
@@ -135,8 +135,8 @@ def test_a_database_that_does_not_answer_is_storage_unavailable_and_defers_the_j
         store = PgJobStore(tmp_path, pg_url)
         job = _job(store)
         store.url = gone  # the server goes away
-        assert execute_job(job["id"], store, Settings(data_dir=tmp_path)) == "deferred"
-        assert PgJobStore(tmp_path, pg_url).get(job["id"])["state"] == QUEUED  # untouched: it runs when retried
+        assert execute_job(job.id, store, Settings(data_dir=tmp_path)) == "deferred"
+        assert PgJobStore(tmp_path, pg_url).get(job.id).state == QUEUED  # untouched: it runs when retried
     finally:
         close_pools(gone)
 
@@ -154,7 +154,7 @@ def test_the_postgres_store_holds_at_most_its_pool_of_connections(tmp_path, pg_u
 
     name = f"p2sam_pool_{uuid.uuid4().hex[:8]}"
     store = PgJobStore(tmp_path, f"{pg_url}&application_name={name}", pool_size=3)
-    jobs = [_job(store)["id"] for _ in range(5)]
+    jobs = [_job(store).id for _ in range(5)]
     seen, stop = [], threading.Event()
 
     def watch() -> None:
@@ -165,8 +165,8 @@ def test_the_postgres_store_holds_at_most_its_pool_of_connections(tmp_path, pg_u
 
     def bump(i: int) -> None:
         def change(r):
-            r["retries"] = r.get("retries", 0) + 1
-            assert store.get(r["id"])["id"] == r["id"]  # a read inside the transaction: same connection
+            r.retries = r.retries + 1
+            assert store.get(r.id).id == r.id  # a read inside the transaction: same connection
 
         store.update(jobs[i % len(jobs)], change)
 
@@ -176,5 +176,5 @@ def test_the_postgres_store_holds_at_most_its_pool_of_connections(tmp_path, pg_u
         list(ex.map(bump, range(200)))
     stop.set()
     watcher.join()
-    assert sum(store.get(j)["retries"] for j in jobs) == 200  # no update lost
+    assert sum(store.get(j).retries for j in jobs) == 200  # no update lost
     assert seen and max(seen) <= 3, max(seen)

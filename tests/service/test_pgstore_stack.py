@@ -31,18 +31,18 @@ def test_jobs_on_postgres_survive_a_killed_worker(tmp_path, model_dir, redis_ser
             jobs = [submit(c, job_body(prior, [followup], n_samples=4)) for _ in range(4)]
             store = PgJobStore(s.data_dir, pg_url)
             deadline = time.time() + 120
-            while not any(r["state"] == "running" for r in store.by_state("running")):
+            while not any(r.state == "running" for r in store.by_state("running")):
                 assert time.time() < deadline, "no job started"
                 time.sleep(0.1)
             running = store.by_state("running")[0]
-            victim = next(w for w in (first, second) if w.pid == parent_pid(int(running["lease"]["owner"].split(":")[1])))
+            victim = next(w for w in (first, second) if w.pid == parent_pid(int(running.lease.owner.split(":")[1])))
             victim.kill9()
             done = [wait(c, j["id"], timeout=300) for j in jobs]
         assert [d["state"] for d in done] == ["succeeded"] * 4, done
         for j in jobs:
             rec = store.get(j["id"])
-            assert rec["terminal_transitions"] == 1 and all(n == 1 for n in rec["writes"].values()), rec
-        assert store.get(running["id"])["attempts"] == 2  # taken over after its worker died
+            assert rec.terminal_transitions == 1 and all(n == 1 for n in rec.writes.values()), rec
+        assert store.get(running.id).attempts == 2  # taken over after its worker died
         assert not list((s.data_dir / "jobs").glob("*.json"))  # the records live in the database only
     finally:
         s.stop()

@@ -1,12 +1,19 @@
-"""Request size and speed limits, enforced while the body streams in (never after reading it all).
+"""The API's two ASGI middlewares (ASGI, so streamed files get them too).
 
-A declared ``Content-Length`` over the limit is answered 413 before a byte of the body is
-read; a chunked body is counted as it arrives and stopped with 413 as soon as it passes the
-limit. Uploads (``/v1/uploads``) may be up to ``P2SAM_MAX_UPLOAD_MB``; every other request 1 MiB.
+``BodySizeLimit``: request size and speed limits, enforced while the body streams in (never
+after reading it all). A declared ``Content-Length`` over the limit is answered 413 before a byte
+of the body is read; a chunked body is counted as it arrives and stopped with 413 as soon as it
+passes the limit. Uploads (``/v1/uploads``) may be up to ``P2SAM_MAX_UPLOAD_MB``; every other
+request 1 MiB. A body that sends nothing for ``P2SAM_REQUEST_BODY_TIMEOUT_S``, or arrives slower
+than ``MIN_RATE`` bytes/s on average once that time has passed (1 byte a second keeps no
+connection open for long), is cut off with 408 and the connection closed.
 
-A body that sends nothing for ``P2SAM_REQUEST_BODY_TIMEOUT_S``, or arrives slower than
-``MIN_RATE`` bytes/s on average once that time has passed (1 byte a second keeps no connection
-open for long), is cut off with 408 and the connection closed.
+``SecurityHeaders``: security headers on every response:
+
+- ``X-Content-Type-Options: nosniff`` everywhere: a browser never guesses that a downloaded
+  artifact (DICOM, NIfTI, PNG) or a problem body is HTML or script;
+- ``Cache-Control: no-store`` on the API's own answers (/v1, /readyz, /healthz) unless a route
+  set its own: job states, results and keys' views of patient data are never cached by a proxy.
 """
 
 from __future__ import annotations
@@ -96,3 +103,29 @@ async def _reply(send, status: int, title: str, detail: str) -> None:
                 "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+NO_STORE_PREFIXES = ("/v1/", "/readyz", "/healthz")
+
+
+class SecurityHeaders:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        no_store = scope["path"].startswith(NO_STORE_PREFIXES) or scope["path"] == "/v1"
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if no_store and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
