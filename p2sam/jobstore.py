@@ -38,10 +38,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .records import JobRecord, Lease, Published, RecordError, Transition, load_record
-from .records import Record as BaseRecord
-
-Record = BaseRecord  # a JobRecord or a BatchRecord (p2sam.records), by the store's kind
+from .records import JobRecord, Lease, Published, Record, RecordError, Transition, load_record  # Record: a
+# JobRecord or a BatchRecord, by the store's kind
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
@@ -226,7 +224,7 @@ class JobStore:
         return base
 
     def _new_record(self, record: Record | dict[str, Any]) -> Record:
-        base = record.model_copy(deep=True) if isinstance(record, BaseRecord) else self.load(record)
+        base = record.model_copy(deep=True) if isinstance(record, Record) else self.load(record)
         given = base.model_fields_set
         now = self.now()
         for name in ("created_at", "updated_at"):
