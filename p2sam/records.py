@@ -99,7 +99,7 @@ class Review(_Shape):
 
     decision: Literal["accepted", "rejected"]
     comment: str | None = None
-    by: str | None = None
+    by: str = Field(description="the name of the API key that reviewed")
     by_key_id: str | None = None
     at: float
 
@@ -129,35 +129,37 @@ class Artifact(_Shape):
     media_type: str
 
 
-class StructureSummary(_Shape):
+class _Measured(_Shape):
+    """What the QC says of one contour: found, its size, whether to review it, and where."""
+
+    found: bool | None
+    volume_ml: float | None = None
+    area_mm2: float | None = None
+    review: bool | None = None
+    flagged_slices: list[int] = Field(default_factory=list)
+
+
+def _measured(qc: dict[str, Any]) -> dict[str, Any]:
+    """The _Measured fields (but ``found``) from a p2sam.qc dictionary."""
+    return {"volume_ml": qc.get("volume_ml"), "area_mm2": qc.get("area_mm2"), "review": qc.get("review"),
+            "flagged_slices": [f["z"] for f in qc.get("flagged_slices", [])]}
+
+
+class StructureSummary(_Measured):
     """One structure of a multi-ROI target."""
 
     name: str
-    found: bool | None
-    volume_ml: float | None = None
-    area_mm2: float | None = None
-    review: bool | None = None
-    flagged_slices: list[int] = Field(default_factory=list)
 
 
-class TargetSummary(_Shape):
+class TargetSummary(_Measured):
     """What a succeeded job keeps per target (result.json has the full detail)."""
 
     target: str
-    found: bool | None
-    volume_ml: float | None = None
-    area_mm2: float | None = None
-    review: bool | None = None
-    flagged_slices: list[int] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     structures: list[StructureSummary] | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
-
-
-def _flagged(qc: dict[str, Any]) -> list[int]:
-    return [f["z"] for f in qc.get("flagged_slices", [])]
 
 
 class TargetResult(BaseModel):
@@ -202,22 +204,19 @@ class TargetResult(BaseModel):
 
     @property
     def flagged_slices(self) -> list[int]:
-        return _flagged(self.qc)
+        return _measured(self.qc)["flagged_slices"]
 
     def summary(self, artifacts: list[Artifact] | None = None) -> TargetSummary:
         """What the job record keeps of this target (the one place the result is reshaped)."""
         structures = None
         if self.structures is not None:
-            structures = [StructureSummary(name=s["name"], found=s["found"], volume_ml=s["qc"].get("volume_ml"),
-                                           area_mm2=s["qc"].get("area_mm2"), review=s["qc"].get("review"),
-                                           flagged_slices=_flagged(s["qc"])) for s in self.structures]
-        return TargetSummary(target=self.target, found=self.found, volume_ml=self.volume_ml, area_mm2=self.area_mm2,
-                             review=self.review, flagged_slices=self.flagged_slices, files=dict(self.files),
+            structures = [StructureSummary(name=s["name"], found=s["found"], **_measured(s["qc"])) for s in self.structures]
+        return TargetSummary(target=self.target, found=self.found, **_measured(self.qc), files=dict(self.files),
                              warnings=list(self.warnings), notes=list(self.notes), structures=structures,
                              artifacts=list(artifacts or []))
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=False)
+        return self.model_dump(mode="json")
 
     @classmethod
     def read(cls, folder: Path) -> "TargetResult | None":

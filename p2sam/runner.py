@@ -10,12 +10,13 @@ finished or held by a live worker is left alone, a job whose worker vanished is 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from models.checkpoints import file_sha256
 
 from .errors import INTERNAL, INVALID_INPUT, STORAGE_UNAVAILABLE, classify, public_detail
 from .jobstore import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore, is_transient_io_error, process_owner
@@ -133,17 +134,9 @@ def artifacts_of(folder: Path, result: TargetResult) -> list[Artifact]:
     for kind, file_name in sorted({**result.files, "result": TargetResult.FILE}.items()):
         path = folder / file_name
         if path.is_file():
-            artifacts.append(Artifact(name=file_name, kind=kind, size=path.stat().st_size, sha256=_sha256(path),
+            artifacts.append(Artifact(name=file_name, kind=kind, size=path.stat().st_size, sha256=file_sha256(path),
                                       media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream")))
     return artifacts
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _clean_partial_outputs(out_dir: Path) -> None:

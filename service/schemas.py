@@ -260,7 +260,7 @@ class ReviewOut(BaseModel):
 
     @classmethod
     def of(cls, target: str, r: Review) -> "ReviewOut":
-        return cls(target=target, decision=r.decision, comment=r.comment, by=r.by or "", at=ts(r.at))
+        return cls(target=target, decision=r.decision, comment=r.comment, by=r.by, at=ts(r.at))
 
 
 class DeliveryOut(BaseModel):
