@@ -1,7 +1,7 @@
 """Volume benchmark on real anatomy (soft-tissue sarcoma CT and MR), run through the product's job.
 
     python -m bench.volumes --data ../shared/data/sts-ct-mr [--backbones ct_phantom,lite_medsam]
-        [--weights FILE ...] [--protocols within,followup,mr_ct] [--methods direct,persam,fixed,p2sam,box]
+        [--weights FILE ...] [--protocols within,followup,mr_ct] [--methods direct,persam,fixed,p2sam,box,registered_box,location]
         [--patients STS_003,STS_005 | --max-patients N] [--max-slices N] [--json FILE]
 
 Every number comes from ``p2sam.pipeline.run_job`` (the function the CLI, the worker and the
@@ -31,7 +31,11 @@ longitudinal pair with contours on both visits (none can be obtained here; docs/
 
 Methods: direct transfer (no prompt), PerSAM, P²SAM with a fixed number of parts (the model
 card's lowest: 1 positive + 1 negative), P²SAM with retrieval (the product default), the
-prior box. Backbones: any model name (`p2sam models`) or weights file.
+prior box, and two that use the job's registration (the engine's location setting,
+P2SAM_LOCATION, on for that job only): ``registered_box`` (the prior contour carried onto each
+follow-up slice by the registration, its box as SAM's box prompt; the prior box where the carried
+contour misses the slice) and ``location`` (P²SAM + location: the registration-guided candidates
+and selection rule of models/candidates.py). Backbones: any model name (`p2sam models`) or weights file.
 
 CPU economy, without changing what is measured: the encoder runs once per slice for all
 methods of a backbone (the engine's ``encode`` is memoised by image content within one
@@ -47,6 +51,7 @@ p2sam with the model a CT job gets with model=auto, P2SAM_DEFAULT_MODEL_CT).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -61,8 +66,11 @@ import numpy as np
 from .common import log, table
 
 PROTOCOLS = ("within", "followup", "mr_ct")
-METHODS = ("direct", "persam", "fixed", "p2sam", "box")
-LABELS = {"direct": "direct", "persam": "PerSAM", "fixed": "P²SAM n=1", "p2sam": "P²SAM", "box": "prior box"}
+METHODS = ("direct", "persam", "fixed", "p2sam", "box", "registered_box", "location")
+LABELS = {"direct": "direct", "persam": "PerSAM", "fixed": "P²SAM n=1", "p2sam": "P²SAM", "box": "prior box",
+          "registered_box": "registered box", "location": "P²SAM + location"}
+# bench methods that are a job method run with the engine's location setting on (P2SAM_LOCATION)
+LOCATED = {"registered_box": "box", "location": "p2sam"}
 EMPTY_BEYOND = 2  # protocol 1: empty slices scored beyond each end of the tumour
 CROP_MARGIN = 6  # --max-slices: slices kept beyond the tumour slices (a 15 mm shift is ~4.6 slices)
 SEED = 12
@@ -262,14 +270,22 @@ def make_pool(memo: Memo, settings):
             return memo.encodings[key]
 
     class BenchPool(ModelPool):
+        """``located`` True: the same model's engine with the location setting on (one encoder memo)."""
+
+        located = False
+
         def get(self, name):
             with self._lock:
                 if name not in self._models:
                     loaded, engine = super().get(name)
-                    self._models[name] = (loaded, MemoEngine(loaded.sam, engine.config))
-                return self._models[name]
+                    plain = MemoEngine(loaded.sam, engine.config)
+                    self._models[name] = (loaded, plain)
+                    self._located[name] = (loaded, MemoEngine(loaded.sam, dataclasses.replace(plain.config, location=True)))
+                return self._located[name] if self.located else self._models[name]
 
-    return BenchPool(settings)
+    pool = BenchPool(settings)
+    pool._located = {}
+    return pool
 
 
 def memoise_registration(memo: Memo) -> None:
@@ -300,8 +316,12 @@ def job(pool, prior_image, prior_mask, targets: list[tuple[str, str]], out: Path
 
     spec = JobSpec(prior_image=str(prior_image), prior_mask=str(prior_mask), roi=None,
                    targets=[TargetSpec(path=p, name=n) for n, p in targets], outputs=outputs, model=model,
-                   method=method, n_samples=0, sampler="none", roi_name_out="GTV")
-    return run_job(spec, out, pool=pool)
+                   method=LOCATED.get(method, method), n_samples=0, sampler="none", roi_name_out="GTV")
+    pool.located = method in LOCATED
+    try:
+        return run_job(spec, out, pool=pool)
+    finally:
+        pool.located = False
 
 
 def run_methods(label: str, pool, backbones, methods, work: Path, prior_image, prior_mask, target: tuple[str, Path],

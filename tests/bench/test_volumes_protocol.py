@@ -56,7 +56,7 @@ def test_known_deformation_is_what_it_says(fake_sts):
 def test_bench_runs_every_protocol_through_run_job(fake_sts, tmp_path, capsys):
     root, weights, gtv = fake_sts
     out = tmp_path / "volumes.json"
-    code = volumes.main(["--data", str(root), "--backbones", str(weights), "--methods", "direct,p2sam,box",
+    code = volumes.main(["--data", str(root), "--backbones", str(weights), "--methods", "direct,p2sam,box,location",
                          "--max-slices", "3", "--json", str(out), "--work", str(tmp_path / "work")])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -65,7 +65,7 @@ def test_bench_runs_every_protocol_through_run_job(fake_sts, tmp_path, capsys):
     assert not report["partial"] and set(report["means"]) == {"within", "followup", "mr_ct"}
     model = str(weights)
     for proto in ("within", "followup", "mr_ct"):
-        assert set(report["means"][proto]["methods"][model]) >= {"direct", "p2sam", "box"}
+        assert set(report["means"][proto]["methods"][model]) >= {"direct", "p2sam", "box", "location"}
     patient = report["patients"]["STS_007"]
     assert patient["within"]["methods"][model]["p2sam"]["n_slices"] == 2  # 3 kept tumour slices minus the prior
     follow = patient["followup"]
@@ -77,3 +77,26 @@ def test_bench_runs_every_protocol_through_run_job(fake_sts, tmp_path, capsys):
     job_dir = tmp_path / "work" / "STS_007" / "followup" / "out" / "tiny" / "p2sam" / "followup"
     result = json.loads((job_dir / "result.json").read_text())
     assert (job_dir / "rtstruct.dcm").is_file() and result["registration"]["transform"]["kind"] == "Euler3DTransform"
+    # "location" is the same job with the engine's location setting on: its slices chose by the location rule
+    located = json.loads((job_dir.parent.parent / "location" / "followup" / "result.json").read_text())
+    assert {s["selection"] for s in located["slices"]} >= {"location"}
+    assert {s["selection"] for s in result["slices"]} == {"retrieval"}
+
+
+def test_rigid_registration_of_a_real_sarcoma_ct_follow_up_is_within_two_mm():
+    """Protocol 2's warped follow-up of a real CT (STS_043, seed as bench.volumes): the registration
+    error against the known rigid part stays under 2 mm. Before the registration rotated about the
+    follow-up's centre and clipped CT to soft-tissue HU, it stopped 8.4 / 9.2 mm (mean / max) off."""
+    from imaging import register_rigid
+    from imaging.registration import transform_dict
+    from tests.conftest import shared_data
+
+    p = volumes.load_patient(shared_data("sts-ct-mr", "STS_043"), None)
+    d = volumes.make_deformation(p.ct, p.ct_mask, volumes.SEED * 1000 + 43)
+    phi, rigid = volumes.deformation_points(d, p.ct)
+    fu, truth = volumes.warp(p.ct, p.ct_mask, phi)
+    reg = register_rigid(p.ct, fu, threads=2)
+    assert reg.method == "rigid_registration", reg.reason
+    mean, worst = volumes.registration_error(transform_dict(reg.transform), fu, truth, rigid)
+    assert mean < 2.0 and worst < 2.0, (mean, worst)
+    assert volumes.dice(reg.map_mask(p.ct_mask), truth) > 0.9

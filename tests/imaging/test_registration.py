@@ -86,7 +86,7 @@ def _mr_like(ct: Volume) -> Volume:
     return ct.with_array(mr, modality="MR")
 
 
-@pytest.mark.xfail(reason="MR->CT rigid MI registration error measured 4.5 / 5.2 mm (mean / max) here, above the test's 3 / 4 mm goal (issue 12)", strict=False)
+@pytest.mark.xfail(reason="MR->CT rigid MI registration error measured 3.1 / 3.4 mm (mean / max) here (4.5 / 5.2 before rotating about the image centre), above the test's 3 / 4 mm goal (issue 12)", strict=False)
 def test_cross_modality_registration_uses_mutual_information(case):
     prior = _mr_like(case.images[0])
     fu = case.images[1]
@@ -112,3 +112,11 @@ def test_transform_in_the_summary_rebuilds_the_registration(case):
     rebuilt = transform_from_dict(reg.summary()["transform"])
     p = tuple(float(v) for v in case.images[2].index_to_world(np.array([3, 20, 30])))
     assert np.allclose(rebuilt.TransformPoint(p), reg.transform.TransformPoint(p), atol=1e-9)
+
+
+def test_registration_is_repeatable(case):
+    """The same pair registers to the same transform every time, to float precision whatever the thread count (the
+    metric's random sampling is seeded: SimpleITK reads seed 0 as 'from the wall clock', which made
+    two runs of one job differ by up to ~1 mm and, near a slice boundary, by a slice)."""
+    runs = [register_rigid(case.images[0], case.images[2], threads=t).transform.GetParameters() for t in (1, 1, 2)]
+    assert np.allclose(runs[0], runs[1], rtol=0, atol=1e-6) and np.allclose(runs[0], runs[2], rtol=0, atol=1e-6)
