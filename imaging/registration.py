@@ -35,7 +35,7 @@ MAX_SAMPLES = 60_000  # metric samples per level: keeps big CTs fast on a CPU
 # CT is clipped to soft-tissue HU for registration: over -1000..1500 HU the MI's 32 bins are 78 HU
 # wide and fat, muscle and tumour fall into two or three of them (on the sarcoma CTs of
 # bench.volumes the optimiser then diverged or stopped 4-10 mm off; clipped, 25 HU bins resolve
-# them and air / bone still give edges: mean rigid error 1.89 -> 0.66 mm, docs/volumes.md)
+# them and air / bone still give edges: mean rigid error 1.89 -> 0.67 mm, docs/volumes.md)
 CLAMP_HU = (-300.0, 500.0)
 CLAMP_HU_CROSS = (-1000.0, 1500.0)
 NMI_GOOD, NMI_FAIR = 1.12, 1.06  # cross-modality quality labels (docs/volumes.md: MR T1 -> CT, STS data)
