@@ -274,6 +274,10 @@ def make_pool(memo: Memo, settings):
 
         located = False
 
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._located: dict = {}
+
         def get(self, name):
             with self._lock:
                 if name not in self._models:
@@ -283,9 +287,7 @@ def make_pool(memo: Memo, settings):
                     self._located[name] = (loaded, MemoEngine(loaded.sam, dataclasses.replace(plain.config, location=True)))
                 return self._located[name] if self.located else self._models[name]
 
-    pool = BenchPool(settings)
-    pool._located = {}
-    return pool
+    return BenchPool(settings)
 
 
 def memoise_registration(memo: Memo) -> None:

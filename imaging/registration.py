@@ -15,7 +15,7 @@ Position matching (identity in LPS) is used when a volume has fewer than
 Same modality (e.g. CT -> CT): the quality measure is the normalised cross-correlation (NCC)
 of the intensities. Different modalities (``Volume.modality`` differs, e.g. MR -> CT; a NIfTI
 is "CT" when its values go below -200 HU, else "OT"): intensities are not comparable, so the
-images are clipped to their 0.5-99.5 percentiles (CT to ``CLAMP_HU``), the Mattes MI uses
+images are clipped to their 0.5-99.5 percentiles (CT to ``CLAMP_HU_CROSS``), the Mattes MI uses
 more bins, the moments initialiser (which assumes similar intensities) is not tried, and the
 quality measure is the normalised mutual information NMI = (H(A) + H(B)) / H(A, B) (1 =
 independent, 2 = one image determines the other); ``Quality.measure`` says which.

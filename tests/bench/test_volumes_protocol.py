@@ -86,7 +86,8 @@ def test_bench_runs_every_protocol_through_run_job(fake_sts, tmp_path, capsys):
 def test_rigid_registration_of_a_real_sarcoma_ct_follow_up_is_within_two_mm():
     """Protocol 2's warped follow-up of a real CT (STS_043, seed as bench.volumes): the registration
     error against the known rigid part stays under 2 mm. Before the registration rotated about the
-    follow-up's centre and clipped CT to soft-tissue HU, it stopped 8.4 / 9.2 mm (mean / max) off."""
+    follow-up's centre and clipped CT to soft-tissue HU, it stopped 8.4 / 9.2 mm (mean / max) off in
+    one run (8.9 / 9.8 in another: its sampling was not seeded either)."""
     from imaging import register_rigid
     from imaging.registration import transform_dict
     from tests.conftest import shared_data
