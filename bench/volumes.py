@@ -404,13 +404,24 @@ def protocol_within(p: Patient, work: Path, pool, backbones, methods) -> dict:
     return {"methods": out, "prior_z": prior_z}
 
 
+def patient_seed(name: str, seed: int = SEED) -> int:
+    """Protocol 2's deformation seed of a patient folder (``seed`` x 1000 + the folder's number)."""
+    return seed * 1000 + int(re.sub(r"\D", "", name) or 0)
+
+
+def simulated_followup(p: Patient, seed: int):
+    """Protocol 2's follow-up of ``p``: (deformation, phi, its rigid part, follow-up CT, truth mask)."""
+    d = make_deformation(p.ct, p.ct_mask, seed)
+    phi, rigid = deformation_points(d, p.ct)
+    fu, truth = warp(p.ct, p.ct_mask, phi)
+    return d, phi, rigid, fu, truth
+
+
 def protocol_followup(p: Patient, work: Path, pool, backbones, methods, seed: int) -> dict:
     import imaging
 
     ct, mask = p.ct, p.ct_mask
-    d = make_deformation(ct, mask, seed)
-    phi, rigid = deformation_points(d, ct)
-    fu, truth = warp(ct, mask, phi)
+    d, phi, rigid, fu, truth = simulated_followup(p, seed)
     patient = {"PatientID": p.name, "PatientName": p.name}
     prior = imaging.write_dicom_series(ct, work / "prior", patient=patient, series_description="prior CT",
                                        uid_entropy=f"{p.name}-prior")
@@ -574,7 +585,6 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.work) if args.work else Path(tmp)
         for folder in folders:
             p = load_patient(folder, args.max_slices or None)
-            number = int(re.sub(r"\D", "", p.name) or 0)
             log(f"{p.name}: CT {p.ct.shape}, tumour slices {int(p.ct_mask.any(axis=(1, 2)).sum())}, MR {p.mr.shape}")
             results[p.name] = {}
             for proto in protocols:
@@ -583,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                 if proto == "within":
                     results[p.name][proto] = protocol_within(p, work, pool, backbones, methods)
                 elif proto == "followup":
-                    results[p.name][proto] = protocol_followup(p, work, pool, backbones, methods, args.seed * 1000 + number)
+                    results[p.name][proto] = protocol_followup(p, work, pool, backbones, methods, patient_seed(p.name, args.seed))
                 else:
                     results[p.name][proto] = protocol_mr_ct(p, work, pool, backbones, methods)
                 memo.clear()

@@ -254,13 +254,12 @@ def register_rigid(prior: Volume, followup: Volume, *, seed: int = 1, max_iterat
     reg.SetSmoothingSigmasPerLevel([max(f - 1, 0) for f in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     try:
-        # identity, rotating about the follow-up's centre (about the world origin, far outside a
-        # cropped volume, a small rotation is a large translation and the optimiser's scales are off)
-        candidates = [sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                        sitk.CenteredTransformInitializerFilter.GEOMETRY)]
-        if not cross:  # intensity moments mean nothing across modalities
-            candidates.append(sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                                sitk.CenteredTransformInitializerFilter.MOMENTS))
+        # GEOMETRY: identity, rotating about the follow-up's centre (about the world origin, far
+        # outside a cropped volume, a small rotation is a large translation and the optimiser's
+        # scales are off); MOMENTS: image-moments centring, not across modalities (intensity
+        # moments of MR and CT mean nothing together)
+        starts = [sitk.CenteredTransformInitializerFilter.GEOMETRY] + ([] if cross else [sitk.CenteredTransformInitializerFilter.MOMENTS])
+        candidates = [sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), s) for s in starts]
         scores = []
         for c in candidates:
             reg.SetInitialTransform(c, inPlace=False)

@@ -93,9 +93,7 @@ def test_rigid_registration_of_a_real_sarcoma_ct_follow_up_is_within_two_mm():
     from tests.conftest import shared_data
 
     p = volumes.load_patient(shared_data("sts-ct-mr", "STS_043"), None)
-    d = volumes.make_deformation(p.ct, p.ct_mask, volumes.SEED * 1000 + 43)
-    phi, rigid = volumes.deformation_points(d, p.ct)
-    fu, truth = volumes.warp(p.ct, p.ct_mask, phi)
+    _, _, rigid, fu, truth = volumes.simulated_followup(p, volumes.patient_seed(p.name))
     reg = register_rigid(p.ct, fu, threads=2)
     assert reg.method == "rigid_registration", reg.reason
     mean, worst = volumes.registration_error(transform_dict(reg.transform), fu, truth, rigid)
